@@ -117,11 +117,12 @@ def test_silent_wav_gives_a_defined_image(tmp_path):
 def test_conversion_resumes_after_a_kill(tmp_path):
     data = make_synth_dataset(tmp_path/'many', n_per_class=30, n_noisy=0, n_unlabelled=0, duration=(8., 10.))
     out = tmp_path/'png'
-    p = subprocess.Popen([str(HEARTNB), 'spectrograms', '--data', data, '--out', out, '--size', 512, '--workers', 1],
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    p = subprocess.Popen([str(o) for o in (HEARTNB, 'spectrograms', '--data', data, '--out', out, '--size', 512, '--workers', 1)],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     t = time.time()
     while len(list(out.glob('*/*.png'))) < 5 and time.time()-t < 120 and p.poll() is None: time.sleep(0.05)
-    p.send_signal(signal.SIGKILL); p.wait()
+    os.killpg(p.pid, signal.SIGKILL); p.wait()                # the whole job, worker processes too, as a Ctrl-C or kill would
+    time.sleep(0.5)
     done = sorted(out.glob('*/*.png'))
     assert 5 <= len(done) < 90, f'{len(done)} PNGs when killed'
     for f in done: Image.open(f).load()                      # every PNG on disk is complete
