@@ -76,6 +76,11 @@ def _audio_info(p:Path):
     except Exception: return np.nan, np.nan
     return i.frames/i.samplerate, i.samplerate
 
+def _lines(idx)->str:
+    "CSV line numbers, some of them: 'lines 3, 17'"
+    idx = list(idx)
+    return f"line{'s' if len(idx)>1 else ''} {', '.join(map(str, idx[:5]))}{', ...' if len(idx)>5 else ''}"
+
 def index_dataset(
     path=None,                 # dataset folder (default: `$HEARTNB_DATA`), see `data_path`
     subset:str='b',            # 'b' (normal/murmur/extrastole) or 'a' (normal/murmur/extrahls/artifact)
@@ -83,13 +88,17 @@ def index_dataset(
     include_unlabelled:bool=False, # keep recordings without a label (label '')?
     missing:str='raise',       # a listed file absent from disk: 'raise' a `DatasetError`, or 'drop' the row
     audio_info:bool=True,      # read each WAV header for `duration` and `sr` (else those columns are NaN)
+    unknown:str='raise',       # a label not in `SUBSETS[subset]`: 'raise' a `DatasetError`, or 'drop' the row
 )->pd.DataFrame:               # one row per recording, columns below
     """Index the recordings of `subset` as a DataFrame with columns `path` (absolute path of the WAV), `fname`
     (as in the CSV), `label`, `sublabel`, `dataset`, `patient` (set_b patient id; the file stem for set_a),
-    `duration` (s) and `sr` (Hz; both NaN where the WAV header cannot be read). Raises `DatasetError` naming the
-    folder, the CSV, or the missing files."""
+    `duration` (s) and `sr` (Hz; both NaN where the WAV header cannot be read).
+    Rows that repeat another exactly are dropped. Raises `DatasetError`, naming the CSV, the lines and what to do, for
+    a missing folder or CSV, a recording listed on rows that differ, and (unless `unknown`/`missing` is 'drop') a
+    label not in `SUBSETS[subset]` or a listed file that is not on disk."""
     if subset not in SUBSETS: raise ValueError(f"subset must be one of {list(SUBSETS)}, not {subset!r}")
-    if missing not in ('raise','drop'): raise ValueError(f"missing must be 'raise' or 'drop', not {missing!r}")
+    for k,v in dict(missing=missing, unknown=unknown).items():
+        if v not in ('raise','drop'): raise ValueError(f"{k} must be 'raise' or 'drop', not {v!r}")
     root = data_path(path)
     csv = root/f'set_{subset}.csv'
     if not csv.exists(): raise DatasetError(f"{csv} not found: {root} should hold set_{subset}.csv and set_{subset}/ (Kaggle heartbeat-sounds layout).")
@@ -97,16 +106,28 @@ def index_dataset(
     if not {'fname','label'} <= set(df.columns): raise DatasetError(f"{csv}: expected columns dataset,fname,label,sublabel; found {list(df.columns)}.")
     if 'sublabel' not in df: df['sublabel'] = ''
     if 'dataset' not in df: df['dataset'] = subset
-    df = df.drop_duplicates('fname')
+    df.index += 2  # the CSV's line numbers, for messages (line 1 is the header)
+    df = df[~df.duplicated()]
+    if (dup := df.fname.duplicated(keep=False)).any():
+        ex = '; '.join(f"{f} ({_lines(g.index)}: labels {', '.join(map(repr, g.label))})"
+                       for f,g in list(df[dup].groupby('fname', sort=False))[:3])
+        raise DatasetError(f"{csv}: {df[dup].fname.nunique()} recording(s) are listed on more than one row, and the rows differ: "
+                           f"{ex}. Keep one row per recording, with the right label.")
     if not include_unlabelled: df = df[df.label!='']
     if not include_noisy: df = df[~df.sublabel.isin(NOISY_SUBLABELS)]
+    if (odd := ~df.label.isin(SUBSETS[subset] + [''])).any():
+        if unknown=='raise':
+            raise DatasetError(f"{csv}: {odd.sum()} row(s) have a label that is not one of set_{subset}'s {SUBSETS[subset]}: "
+                               f"{sorted(set(df.label[odd]))} on {_lines(df.index[odd])}. "
+                               "Correct the labels in the CSV, or pass unknown='drop' to leave those rows out.")
+        df = df[~odd]
     paths = [root/disk_name(f) for f in df.fname]
-    exists = np.array([p.exists() for p in paths], dtype=bool)
+    exists = np.array([p.is_file() for p in paths], dtype=bool)
     if not exists.all():
         gone = [str(p) for p,e in zip(paths, exists) if not e]
         if missing=='raise':
-            raise DatasetError(f"{len(gone)} recording(s) listed in {csv} are missing from disk, e.g. {', '.join(gone[:3])}. "
-                               "Restore them, or pass missing='drop' to index only the files present.")
+            raise DatasetError(f"{len(gone)} recording(s) listed in {csv} are missing from disk, e.g. {', '.join(gone[:3])} "
+                               f"({_lines(df.index[~exists])}). Restore them, or pass missing='drop' to index only the files present.")
         df,paths = df[exists],[p for p,e in zip(paths, exists) if e]
     df = df.assign(path=[str(p) for p in paths]).reset_index(drop=True)
     df['patient'] = [patient_id(f) or Path(f).stem for f in df.fname]

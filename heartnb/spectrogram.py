@@ -23,7 +23,7 @@ __all__ = ['PRESETS', 'SpecConfig', 'spec_config', 'AudioError', 'load_audio', '
 # %% ../nbs/01_spectrogram.ipynb #05899e81
 @dataclass(frozen=True)
 class SpecConfig:
-    "Settings of the WAV → mel spectrogram → dB conversion; every length in samples at `sr`."
+    "Settings of the WAV → mel spectrogram → dB conversion; every length in samples at `sr`. Raises `ValueError` for impossible settings."
     sr:int=4000          # sample rate every recording is resampled to, Hz
     n_fft:int=256        # FFT window, samples (64 ms at 4 kHz)
     hop_length:int=32    # hop between frames, samples (8 ms at 4 kHz)
@@ -31,6 +31,11 @@ class SpecConfig:
     fmin:float=25.       # lowest frequency kept, Hz
     fmax:float=1000.     # highest frequency kept, Hz: murmur energy lies mostly below ~1 kHz
     top_db:float=80.     # dynamic range kept below each recording's peak, dB
+    def __post_init__(self):
+        if not min(self.sr, self.n_fft, self.hop_length, self.n_mels, self.top_db) > 0:
+            raise ValueError(f"{self}: sr, n_fft, hop_length, n_mels and top_db must all be positive")
+        if not 0 <= self.fmin < self.fmax <= self.sr/2:
+            raise ValueError(f"{self}: the mel bands need 0 <= fmin < fmax <= sr/2 (the Nyquist frequency)")
     def to_dict(self): return asdict(self)
 
 PRESETS = {
@@ -48,22 +53,33 @@ def spec_config(cfg='heart')->SpecConfig:
 
 # %% ../nbs/01_spectrogram.ipynb #1e2f512a
 class AudioError(HeartnbError, ValueError):
-    "A recording cannot be read as audio (empty, truncated, not a WAV, no samples)."
+    "A recording cannot be read as audio (missing, empty, truncated, not a WAV, no samples, NaN/inf samples, corrupt header)."
+
+_MIN_SR = 500  # Hz: a lower sample rate in a header is taken as corruption (it would be resampled to a huge length)
 
 def load_audio(
     path,         # a WAV (or other libsndfile format) file
     sr:int=4000,  # target sample rate, Hz; None keeps the file's own
-)->tuple:         # (y, sr): float32 mono waveform of shape (n_samples,) in [-1, 1], and its sample rate in Hz
-    "Read `path` as a mono float32 waveform resampled to `sr`. Raises `AudioError` naming the file if it cannot."
+)->tuple:         # (y, sr): float32 mono waveform of shape (n_samples,), and its sample rate in Hz
+    """Read `path` as a mono float32 waveform resampled to `sr`: the mean of its channels, scaled down by its peak if
+    that exceeds 1 (only float files can). At the file's own rate `y` lies in [-1, 1]; resampling gives exactly
+    ceil(n_samples·sr/file_sr) samples and can overshoot [-1, 1] a little. Raises `AudioError`, naming the file and
+    what to do, if the file is missing, empty, not readable as audio, holds no samples or NaN/infinite ones, or
+    claims a sample rate below 500 Hz."""
     path = Path(path)
-    if not path.exists(): raise AudioError(f"{path}: no such file.")
+    if not path.exists(): raise AudioError(f"{path}: no such file. Check the path (was the file moved or renamed?).")
     if path.stat().st_size == 0: raise AudioError(f"{path}: the file is empty (0 bytes). Re-export or remove it.")
     try: y,file_sr = sf.read(str(path), dtype='float32', always_2d=True)
-    except Exception as e: raise AudioError(f"{path}: not a readable audio file ({e}). Check that it is a complete WAV.") from None
-    if y.shape[0] == 0: raise AudioError(f"{path}: the file holds no audio samples (header only or truncated).")
+    except Exception as e: raise AudioError(f"{path}: not a readable audio file ({e}). Check that it is a complete WAV; re-export or remove it.") from None
+    if y.shape[0] == 0: raise AudioError(f"{path}: the file holds no audio samples (header only or truncated). Re-export or remove it.")
+    if file_sr < _MIN_SR: raise AudioError(f"{path}: the header claims a sample rate of {file_sr} Hz, below {_MIN_SR} Hz; "
+                                           "the header is probably corrupt. Re-export or remove the file.")
+    if not np.isfinite(y).all(): raise AudioError(f"{path}: the samples contain NaN or infinite values. Re-export it (e.g. as 16-bit PCM) or remove it.")
+    if (peak := np.abs(y).max()) > 1: y = y/peak  # float files only; before the mean, which could overflow
     y = y.mean(axis=1)
-    if not np.isfinite(y).all(): raise AudioError(f"{path}: the samples contain NaN or infinite values.")
-    if sr and file_sr != sr: y = librosa.resample(y, orig_sr=file_sr, target_sr=sr, res_type='soxr_hq')
+    if sr and file_sr != sr:  # to exactly ceil(n*sr/file_sr) samples (librosa's float ratio can give one more)
+        n = int(-(-len(y)*sr // file_sr))
+        y = librosa.util.fix_length(librosa.resample(y, orig_sr=file_sr, target_sr=sr, res_type='soxr_hq'), size=n)
     return y.astype(np.float32), (sr or file_sr)
 
 # %% ../nbs/01_spectrogram.ipynb #8ccbe2a6
@@ -71,19 +87,28 @@ _AMIN = 1e-10  # power below which a signal counts as silence (librosa's `amin`)
 
 @lru_cache(maxsize=16)
 def mel_basis(sr:int, n_fft:int, n_mels:int, fmin:float, fmax:float)->np.ndarray:
-    "librosa's (Slaney) mel filter bank, shape (n_mels, 1 + n_fft//2), cached per setting."
-    return librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax)
+    "librosa's (Slaney) mel filter bank, shape (n_mels, 1 + n_fft//2), cached per setting. A band too narrow for the FFT is empty (zeros, and librosa warns)."
+    with np.errstate(divide='ignore', invalid='ignore'):  # bands narrower than float precision: 0/0 in librosa
+        m = librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax)
+    return np.nan_to_num(m, nan=0., posinf=0., neginf=0.)
 
 def melspec_db(
-    y:np.ndarray,                # mono waveform, shape (n_samples,), float32
-    cfg:SpecConfig=SpecConfig(), # sample rate of `y` must be `cfg.sr`
+    y:np.ndarray,                # mono waveform, shape (n_samples,), finite; at sample rate `cfg.sr`
+    cfg:SpecConfig=SpecConfig(), # spectrogram settings
 )->np.ndarray:                   # float32 dB, shape (n_mels, 1 + n_samples//hop_length), values in [-top_db, 0]
-    "Mel power spectrogram of `y` in dB relative to its peak, clipped at `-cfg.top_db`. Signals shorter than `n_fft` are zero-padded."
-    y = np.asarray(y, dtype=np.float32)
+    """Mel power spectrogram of `y` in dB relative to its peak, clipped at `-cfg.top_db`. Signals shorter than `n_fft`
+    are zero-padded; silence (no power above 1e-10) is `-top_db` everywhere; a waveform with samples beyond ±1 is
+    first scaled to peak 1, which changes nothing but keeps the power within float32. Raises `ValueError` for a
+    waveform that is empty, not 1-D, or holds NaN or infinite values."""
+    y = np.asarray(y)
     if y.ndim != 1: raise ValueError(f"expected a mono waveform of shape (n_samples,), got shape {y.shape}")
     if len(y) == 0: raise ValueError("cannot make a spectrogram of an empty waveform")
+    y = y.astype(np.result_type(y.dtype, np.float32), copy=False)
+    if not np.isfinite(y).all(): raise ValueError("the waveform contains NaN or infinite values; clean it first (`load_audio` refuses such files)")
+    if (peak := np.abs(y).max()) > 1: y = y/peak
+    y = y.astype(np.float32, copy=False)
     n = len(y)
-    if n < cfg.n_fft: y = np.pad(y, (0, cfg.n_fft-n))
+    y = np.pad(y, (0, max(cfg.n_fft, n+1) - n))  # zeros, as the centred frames' own padding: frames up to sample n exist for any n_fft
     S = np.abs(librosa.stft(y, n_fft=cfg.n_fft, hop_length=cfg.hop_length, center=True))**2
     S = mel_basis(cfg.sr, cfg.n_fft, cfg.n_mels, cfg.fmin, cfg.fmax) @ S
     S = S[:, :1 + n//cfg.hop_length]
@@ -96,7 +121,9 @@ def spec_image(
     top_db:float=80., # dynamic range, dB: -top_db maps to 0 (black), 0 dB to 255 (white)
     size:int=512,     # side of the square output image, pixels; None keeps (n_mels, n_frames)
 )->np.ndarray:        # uint8 image, shape (size, size), low frequencies in the last rows
-    "An 8-bit, bottom-up, `size×size` image of a dB spectrogram."
+    "An 8-bit, bottom-up, `size×size` image of a dB spectrogram. Values outside [-top_db, 0] (±inf too) are clipped; NaN raises `ValueError`."
+    S_db = np.asarray(S_db)
+    if np.isnan(S_db).any(): raise ValueError("the spectrogram contains NaN values; see `melspec_db`")
     x = np.clip((S_db + top_db)/top_db, 0, 1)[::-1]
     img = Image.fromarray(np.round(x*255).astype(np.uint8))
     if size: img = img.resize((size, size), Image.BILINEAR)
@@ -175,8 +202,8 @@ def spectrogram_images(
     errs = df.assign(error=status)[~ok][['path','error']]
     if len(errs):
         atomic_write(out/'errors.csv', lambda t: errs.to_csv(t, index=False))
-        msg = f"{len(errs)} of {len(df)} recording(s) could not be converted (listed in {out/'errors.csv'}): " + \
-              '; '.join(errs.error.head(3))
+        msg = f"{len(errs)} of {len(df)} recording(s) could not be converted (listed in {out/'errors.csv'}); fix or remove " + \
+              "them, or pass skip_bad=True (--skip-bad) to keep the rest and go on. The first: " + ' | '.join(errs.error.head(3))
         if not skip_bad: raise ConversionError(msg)
         warnings.warn(msg)
     elif (out/'errors.csv').exists(): (out/'errors.csv').unlink()

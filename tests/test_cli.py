@@ -20,8 +20,10 @@ def test_help_lists_the_contract_options():
     assert run_cli('nonsense')[0] == 2
 
 def test_train_writes_the_run_folder(trained):
-    for f in ('model.pkl','metrics.json','confusion_matrix.png','lr_find.png','lr_find_unfrozen.png','history.csv','top_losses.png'):
+    for f in ('model.safetensors','model.json','model.pkl','metrics.json','settings.json','confusion_matrix.png','lr_find.png',
+              'lr_find_unfrozen.png','history.csv','top_losses.png'):
         assert (trained/f).exists(), f
+    assert not (trained/'checkpoints').exists()                  # deleted once the run is complete
     m = json.loads((trained/'metrics.json').read_text())
     assert METRIC_KEYS <= set(m)
     assert m['n_train'] + m['n_valid'] == 18 and m['n_valid'] == 5       # 18 clean recordings, 30% valid
@@ -46,6 +48,62 @@ def test_predict_raw_wavs(trained, synth):
         assert r['label'] == max(r['probabilities'], key=r['probabilities'].get)
     rc,txt = run_cli('predict', trained/'model.pkl', wavs[0])
     assert rc == 0 and wavs[0].name in txt
+
+def test_safe_model_predicts_as_the_pickle(trained, synth):
+    wavs = sorted((synth/'set_b').glob('extrastole__*.wav'))[:3]
+    a,b,c = (run('predict', m, *wavs, '--json') for m in (trained/'model.pkl', trained/'model.safetensors', trained))
+    for r in (a,b,c): assert r.returncode == 0, r.stderr
+    for x,y,z in zip(*(json.loads(r.stdout) for r in (a,b,c))):
+        assert x['label'] == y['label'] == z['label']
+        np.testing.assert_allclose(list(x['probabilities'].values()), list(y['probabilities'].values()), atol=1e-4)
+
+class _Evil:
+    "A pickle payload that would create a file when unpickled"
+    def __init__(self, marker): self.marker = marker
+    def __reduce__(self): return (os.system, (f"touch {self.marker}",))
+
+def test_safe_loader_refuses_a_crafted_pickle(trained, synth, tmp_path):
+    import pickle
+    marker, evil = tmp_path/'pwned', tmp_path/'evil'
+    evil.mkdir()
+    shutil.copy(trained/'model.json', evil/'model.json')
+    (evil/'model.safetensors').write_bytes(pickle.dumps(_Evil(marker)))
+    wav = sorted((synth/'set_b').glob('normal__*.wav'))[0]
+    for m in (evil/'model.safetensors', evil, evil/'model.json'):
+        rc,txt = run_cli('predict', m, wav)
+        assert rc == 1 and 'is a pickle' in txt and 'model.safetensors' in txt and 'Traceback' not in txt, txt
+    shutil.copy(trained/'model.pkl', evil/'model.safetensors')     # the fastai export renamed: also refused
+    rc,txt = run_cli('predict', evil/'model.safetensors', wav)
+    assert rc == 1 and 'not a safetensors file' in txt
+    assert not marker.exists()
+
+def test_train_resumes_after_a_kill(synth, tmp_path):
+    args = ('--data', synth, '--size', 128, '--bs', 4, '--freeze-epochs', 3, '--epochs', 3, '--no-pretrained', '--num-it', 10,
+            '--workers', 0, '--png', tmp_path/'png')
+    rc,txt = run_cli('train', '--out', tmp_path/'whole', *args)
+    assert rc == 0, txt
+    out = tmp_path/'killed'
+    p = subprocess.Popen([str(o) for o in (HEARTNB, 'train', '--out', out, *args)], stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL, start_new_session=True)
+    state,t = out/'checkpoints'/'state.json',time.time()
+    def n_done():
+        try: return sum(json.loads(state.read_text())['done'].values())
+        except (OSError, ValueError): return 0
+    while n_done() < 2 and time.time()-t < 300 and p.poll() is None: time.sleep(0.02)
+    os.killpg(p.pid, signal.SIGKILL); p.wait()
+    killed_at = n_done()
+    assert 2 <= killed_at < 6 and not (out/'metrics.json').exists(), f'killed after {killed_at} epochs'
+    rc,txt = run_cli('train', '--out', out, *args, '--resume')
+    assert rc == 0, txt
+    assert 'resumed after' in txt
+    a,b = (json.loads((p/'metrics.json').read_text()) for p in (tmp_path/'whole', out))
+    assert sum(b['resumed'].values()) >= killed_at                # the finished epochs were not trained again
+    for k in ('confusion_matrix','accuracy','macro_f1','lrs','n_train'): assert a[k] == b[k], k
+    ha,hb = (pd.read_csv(p/'history.csv') for p in (tmp_path/'whole', out))
+    assert ha.stage.tolist() == hb.stage.tolist() == ['frozen']*3 + ['unfrozen']*3
+    np.testing.assert_allclose(ha.valid_loss, hb.valid_loss, rtol=1e-5)   # the same run, interrupted or not
+    rc,txt = run_cli('train', '--out', out, *args, '--epochs', 4, '--resume')
+    assert rc == 1 and 'epochs: 3 then, 4 now' in txt
 
 def test_same_seed_same_split_and_metrics(trained, synth, tmp_path):
     rc,txt = run_cli('train', '--data', synth, '--out', tmp_path/'again', '--size', 64, '--bs', 8, '--freeze-epochs', 1,
