@@ -51,7 +51,7 @@ def train_job(
     """The main job: index → PNGs → DataLoaders → lr_find → frozen and unfrozen one-cycle → interpretation → export.
     Raises `HeartnbError` (bad data, weights unavailable, or `resume` with other settings than the interrupted run)."""
     times,t0 = {},time.time()
-    data = data_path(data)                                          # fail fast, before any long work:
+    data = data_path(data)                                          # fail fast, before any long work: the data,
     out = Path(out)
     settings = dict(data=str(data.absolute()), subset=subset, size=size, bs=bs, valid_pct=valid_pct, split=split, seed=seed,
                     freeze_epochs=freeze_epochs, epochs=epochs, lr=lr, arch=str(arch), pretrained=pretrained,
@@ -68,10 +68,11 @@ def train_job(
     from fastai.vision.all import set_seed, default_device, ProgressCallback
     from heartnb.spectrogram import spectrogram_images, load_manifest, spec_config, atomic_write
     from heartnb.dataloaders import heart_dls
-    from heartnb.train import heart_learner, train_heart, ensure_imagenet_weights
+    from heartnb.train import heart_learner, train_heart, ensure_imagenet_weights, get_arch
     from heartnb.interpret import interpret
     from heartnb.predict import export_model, export_safe
-    if pretrained and not weights: ensure_imagenet_weights(arch)   # the dataset folder, then the weights
+    get_arch(arch)                                                  # then the architecture
+    if pretrained and not weights: ensure_imagenet_weights(arch)   # and the weights
     out.mkdir(parents=True, exist_ok=True)
     if not (resume and sfn.exists()): atomic_write(sfn, lambda t: Path(t).write_text(jsonlib.dumps(settings, indent=2)))
     done.unlink(missing_ok=True)

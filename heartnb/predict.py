@@ -118,7 +118,7 @@ def load_safe(
         if not isinstance(arch, str) or not arch.isidentifier(): raise ValueError(f"bad architecture name {arch!r}")
         model = create_vision_model(get_arch(arch), len(meta['classes']), pretrained=False, n_in=meta['n_in'])
         model.load_state_dict(load_file(fname), strict=True)
-    except (KeyError, TypeError, ValueError, RuntimeError, SafetensorError) as e:
+    except (KeyError, TypeError, ValueError, RuntimeError, SafetensorError, HeartnbError) as e:
         raise HeartnbError(f"{fname} and {meta_fn} do not make a heartnb model ({str(e)[:300]}): re-export it with `export_safe`.") from None
     return SafeModel(model, meta)
 

@@ -31,7 +31,7 @@ def get_arch(arch='resnet34'):
     "The torchvision model function for a name such as 'resnet34' (or `arch` itself if it is callable)."
     if callable(arch): return arch
     f = getattr(fvm, arch, None) or getattr(torchvision.models, arch, None)
-    if f is None: raise ValueError(f"unknown architecture {arch!r}; try 'resnet18', 'resnet34' or 'resnet50'")
+    if f is None or not callable(f): raise HeartnbError(f"unknown architecture {arch!r}: pass a torchvision model name such as 'resnet18', 'resnet34' or 'resnet50' (--arch).")
     return f
 
 def imagenet_weights_file(arch='resnet34')->Path:
@@ -58,12 +58,12 @@ def ensure_imagenet_weights(arch='resnet34')->Path:
 def load_body_weights(learn:Learner, fname, arch='resnet34')->Learner:
     "Load a torchvision state dict file `fname` of `arch` into the body of `learn`, and freeze it. Raises `HeartnbError` if it does not fit."
     arch,fname = get_arch(arch),Path(fname)
-    if not fname.exists(): raise WeightsUnavailableError(f"weights file {fname} not found.")
+    if not fname.exists(): raise WeightsUnavailableError(f"weights file {fname} not found: check the --weights path, or use ImageNet weights from the torch hub cache (no --weights) or --no-pretrained.")
     sd = torch.load(fname, map_location='cpu', weights_only=True)
     if isinstance(sd, dict) and 'model' in sd and isinstance(sd['model'], dict): sd = sd['model']
     m = arch(weights=None)
     try: m.load_state_dict(sd)
-    except RuntimeError as e: raise HeartnbError(f"{fname} is not a {arch.__name__} state dict: {str(e)[:300]}") from None
+    except RuntimeError as e: raise HeartnbError(f"{fname} is not a {arch.__name__} state dict ({str(e)[:300]}): pass a checkpoint of the same architecture as --arch.") from None
     body = create_body(m, 3, True, model_meta.get(arch, {}).get('cut'))
     learn.model[0].load_state_dict(body.state_dict())
     learn.freeze()
