@@ -10,13 +10,13 @@ import os, json, tempfile, warnings
 from dataclasses import dataclass, asdict
 from functools import lru_cache
 from pathlib import Path
-import numpy as np, pandas as pd, soundfile as sf, librosa
+import numpy as np, pandas as pd, soundfile as sf, librosa, scipy.fft
 from PIL import Image
 from fastcore.parallel import parallel
 from .data import HeartnbError, DatasetError
 
 # %% auto #0
-__all__ = ['PRESETS', 'SpecConfig', 'spec_config', 'AudioError', 'load_audio', 'mel_basis', 'melspec_db', 'spec_image',
+__all__ = ['PRESETS', 'SpecConfig', 'spec_config', 'AudioError', 'load_audio', 'mel_basis', 'stft', 'melspec_db', 'spec_image',
            'wav2image', 'ConversionError', 'atomic_write', 'save_png', 'png_name', 'spectrogram_images',
            'load_manifest']
 
@@ -92,6 +92,22 @@ def mel_basis(sr:int, n_fft:int, n_mels:int, fmin:float, fmax:float)->np.ndarray
         m = librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax)
     return np.nan_to_num(m, nan=0., posinf=0., neginf=0.)
 
+@lru_cache(maxsize=16)
+def _hann(n_fft:int)->np.ndarray: return librosa.filters.get_window('hann', n_fft, fftbins=True)
+
+def stft(
+    y:np.ndarray,     # mono waveform, shape (n_samples,), float32
+    n_fft:int=256,    # FFT window, samples
+    hop_length:int=32,# hop between frames, samples
+)->np.ndarray:        # complex64, shape (1 + n_fft//2, 1 + n_samples//hop_length), Fortran order as librosa's
+    """Centred short-time Fourier transform with a Hann window: the same numbers as `librosa.stft(y, n_fft=n_fft,
+    hop_length=hop_length, center=True)` (zero padding of n_fft//2 each side, float64 window and FFT, complex64
+    result), bit for bit, in one batched `scipy.fft.rfft` over a strided view of the frames: about 2.5x faster
+    than librosa's general version for the short windows used here (librosa's checks and block loop dominate)."""
+    yp = np.pad(y, n_fft//2)
+    frames = np.lib.stride_tricks.sliding_window_view(yp, n_fft)[::hop_length]
+    return scipy.fft.rfft(frames*_hann(n_fft), axis=-1).astype(np.complex64).T
+
 def melspec_db(
     y:np.ndarray,                # mono waveform, shape (n_samples,), finite; at sample rate `cfg.sr`
     cfg:SpecConfig=SpecConfig(), # spectrogram settings
@@ -109,13 +125,13 @@ def melspec_db(
     y = y.astype(np.float32, copy=False)
     n = len(y)
     y = np.pad(y, (0, max(cfg.n_fft, n+1) - n))  # zeros, as the centred frames' own padding: frames up to sample n exist for any n_fft
-    S = np.abs(librosa.stft(y, n_fft=cfg.n_fft, hop_length=cfg.hop_length, center=True))**2
+    S = np.abs(stft(y, cfg.n_fft, cfg.hop_length))**2
     S = mel_basis(cfg.sr, cfg.n_fft, cfg.n_mels, cfg.fmin, cfg.fmax) @ S
     S = S[:, :1 + n//cfg.hop_length]
     if S.max() <= _AMIN: return np.full(S.shape, -cfg.top_db, dtype=np.float32)
     return librosa.power_to_db(S, ref=np.max, amin=_AMIN, top_db=cfg.top_db).astype(np.float32)
 
-# %% ../nbs/01_spectrogram.ipynb #487e3cc4
+# %% ../nbs/01_spectrogram.ipynb #16b2ad2b
 def spec_image(
     S_db:np.ndarray,  # dB spectrogram, shape (n_mels, n_frames), values in [-top_db, 0]
     top_db:float=80., # dynamic range, dB: -top_db maps to 0 (black), 0 dB to 255 (white)
@@ -139,7 +155,7 @@ def wav2image(
     y,_ = load_audio(path, cfg.sr)
     return spec_image(melspec_db(y, cfg), cfg.top_db, size)
 
-# %% ../nbs/01_spectrogram.ipynb #34cff65f
+# %% ../nbs/01_spectrogram.ipynb #1f2c2cd6
 class ConversionError(HeartnbError, RuntimeError):
     "One or more recordings could not be converted; see the message and `errors.csv`."
 
@@ -162,16 +178,25 @@ def png_name(row)->str:
     "Relative path of the PNG for an index row: `<label>/<stem>.png` (unlabelled recordings in `unlabelled/`)."
     return f"{row['label'] or 'unlabelled'}/{Path(row['path']).stem}.png"
 
-def _convert_one(item, out:Path=None, cfg:SpecConfig=None, size:int=512, force:bool=False):
+_single_threaded = False
+def _one_thread():
+    "In a worker process, keep BLAS/OpenMP to one thread: n workers × n BLAS threads on n cores only contend"
+    global _single_threaded
+    if not _single_threaded:
+        from threadpoolctl import threadpool_limits
+        threadpool_limits(1); _single_threaded = True
+
+def _convert_one(item, out:Path=None, cfg:SpecConfig=None, size:int=512, force:bool=False, worker:bool=False):
     "Convert one (wav, png) pair; returns 'done', 'skipped' or the error message"
     wav,png = Path(item[0]), out/item[1]
+    if worker: _one_thread()
     try:
         if not force and png.exists() and png.stat().st_mtime >= wav.stat().st_mtime: return 'skipped'
         save_png(wav2image(wav, cfg, size), png)
         return 'done'
     except (AudioError, OSError, ValueError) as e: return str(e)
 
-# %% ../nbs/01_spectrogram.ipynb #ed1cec73
+# %% ../nbs/01_spectrogram.ipynb #b246ceb2
 def spectrogram_images(
     df:pd.DataFrame,     # recordings, with columns `path` and `label` (e.g. from `index_dataset`)
     out,                 # output folder: receives `<label>/<stem>.png`, `manifest.csv`, `spec_config.json`
@@ -193,8 +218,9 @@ def spectrogram_images(
     for stale in out.glob('*/.*.tmp'): stale.unlink()  # left by a killed run; never a half-written PNG
     pngs = [png_name(r) for r in df.to_dict('records')]
     if workers is None: workers = os.cpu_count()
-    status = parallel(_convert_one, list(zip(df.path, pngs)), out=out, cfg=cfg, size=size, force=force,
-                      n_workers=min(workers, len(df)), progress=progress and len(df)>1, chunksize=8)
+    n_workers = min(workers, len(df))
+    status = parallel(_convert_one, list(zip(df.path, pngs)), out=out, cfg=cfg, size=size, force=force, worker=n_workers>0,
+                      n_workers=n_workers, progress=progress and len(df)>1, chunksize=8)
     status = pd.Series(list(status), index=df.index)
     ok = status.isin(['done','skipped'])
     man = df.assign(png=pngs, status=status)[ok].reset_index(drop=True)

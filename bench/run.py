@@ -1,0 +1,201 @@
+"""heartnb benchmarks: where the time goes, measured side by side in one run. Not tests: they print tables and ratios.
+
+    python bench/run.py --data ../shared/datasets/heartbeat-sounds        # all sections, writes bench/results.md
+    python bench/run.py --only conversion,predict                         # some sections
+
+Sections: `conversion` (heartnb vs a seed-style matplotlib `specshow` + `savefig` baseline, and worker scaling),
+`memory` (peak RSS of conversion as the number of files grows), `pipeline` (seconds per batch waiting for data vs in
+forward/backward, 512 px, batch 4 and 16), `epochs` (seconds per epoch, frozen and unfrozen, 512 px), `predict`
+(cold and warm latency per recording, folder throughput).
+"""
+from __future__ import annotations
+import os, sys, time, json, platform, subprocess, tempfile, resource, statistics
+from pathlib import Path
+import numpy as np, pandas as pd
+from fastcore.script import call_parse
+
+HERE = Path(__file__).parent
+HEARTNB = Path(sys.executable).parent/'heartnb'
+
+def machine()->str:
+    "One line describing this machine: CPU model, cores, memory, accelerator, library versions"
+    import torch, fastai, librosa
+    cpu = next((l.split(':',1)[1].strip() for l in Path('/proc/cpuinfo').read_text().splitlines() if l.startswith('model name')), platform.processor())
+    mem = os.sysconf('SC_PAGE_SIZE')*os.sysconf('SC_PHYS_PAGES')/2**30
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU'
+    return (f"{cpu}, {os.cpu_count()} cores visible, {mem:.0f} GiB RAM, {gpu}; Python {platform.python_version()}, "
+            f"torch {torch.__version__}, fastai {fastai.__version__}, librosa {librosa.__version__}")
+
+def table(rows:list, cols:list)->str:
+    "A markdown table"
+    fmt = lambda v: f"{v:.3g}" if isinstance(v, float) else str(v)
+    return '\n'.join(['| ' + ' | '.join(cols) + ' |', '|' + '---|'*len(cols)] +
+                     ['| ' + ' | '.join(fmt(r[c]) for c in cols) + ' |' for r in rows])
+
+# --- conversion -------------------------------------------------------------------------------------------------
+def seed_png(wav, png, size=512):
+    "The seed notebooks' conversion: librosa.load at 22.05 kHz, melspectrogram, power_to_db, specshow, savefig"
+    import matplotlib; matplotlib.use('Agg')
+    import matplotlib.pyplot as plt, librosa, librosa.display
+    y,sr = librosa.load(wav)
+    S_db = librosa.power_to_db(librosa.feature.melspectrogram(y=y, sr=sr), ref=np.max)
+    fig = plt.figure(figsize=(size/100, size/100), dpi=100)
+    ax = fig.add_axes([0,0,1,1]); ax.axis('off')
+    librosa.display.specshow(S_db, sr=sr, ax=ax)
+    fig.savefig(png, dpi=100); plt.close(fig)
+
+def bench_conversion(df, n_base:int=40):
+    "files/s of the matplotlib baseline and of heartnb (same files, one process), then heartnb on all files by workers"
+    from heartnb.spectrogram import spectrogram_images
+    tmp = Path(tempfile.mkdtemp())
+    sub = df.iloc[:n_base]
+    seed_png(sub.path.iloc[0], tmp/'warm.png')                   # imports and first-call costs out of the timing
+    t = time.perf_counter()
+    for i,p in enumerate(sub.path): seed_png(p, tmp/f'seed{i}.png')
+    base = n_base/(time.perf_counter()-t)
+    spectrogram_images(sub.iloc[:2], tmp/'warm', size=512, workers=0, progress=False)
+    t = time.perf_counter()
+    spectrogram_images(sub, tmp/'same', size=512, workers=0, progress=False, force=True)
+    same = n_base/(time.perf_counter()-t)
+    rows = [dict(converter='seed: matplotlib specshow + savefig', files=n_base, workers=1, files_per_s=base, ratio=1.0),
+            dict(converter='heartnb, in process', files=n_base, workers=1, files_per_s=same, ratio=same/base)]
+    for w in sorted({1, 2, os.cpu_count()}):
+        t = time.perf_counter()                                  # includes starting the worker processes
+        spectrogram_images(df, tmp/f'w{w}', size=512, workers=w, progress=False, force=True)
+        fps = len(df)/(time.perf_counter()-t)
+        rows.append(dict(converter='heartnb, `spectrogram_images`', files=len(df), workers=w, files_per_s=fps, ratio=fps/base))
+    t = time.perf_counter()
+    spectrogram_images(df, tmp/f'w{os.cpu_count()}', size=512, workers=os.cpu_count(), progress=False)
+    rows.append(dict(converter='heartnb, rerun (all up to date)', files=len(df), workers=os.cpu_count(),
+                     files_per_s=len(df)/(time.perf_counter()-t), ratio=float('nan')))
+    return "### Spectrogram conversion, set_b at 512×512 px\n\n" + table(rows, ['converter','files','workers','files_per_s','ratio']) + \
+        "\n\n`ratio`: files/s over the matplotlib baseline's (one process). Times include process start-up for the worker pools."
+
+# --- memory -----------------------------------------------------------------------------------------------------
+_MEM = """
+import sys, resource, pandas as pd
+from heartnb.spectrogram import spectrogram_images
+df = pd.read_pickle(sys.argv[1]).iloc[:int(sys.argv[2])]
+spectrogram_images(df, sys.argv[3], size=512, workers=int(sys.argv[4]), progress=False, force=True)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+"""
+def bench_memory(df, ns=(50, 100, 200, 400)):
+    "Peak RSS (MiB) of a conversion process, and of its largest worker, as the number of files grows"
+    tmp = Path(tempfile.mkdtemp()); df.to_pickle(tmp/'df.pkl')
+    rows = []
+    for n in [n for n in ns if n <= len(df)] + [len(df)]:
+        for w in (0, 2):
+            r = subprocess.run([sys.executable, '-c', _MEM, tmp/'df.pkl', str(n), tmp/f'o{n}-{w}', str(w)], capture_output=True, text=True, check=True)
+            me,kids = map(int, r.stdout.split()[-2:])
+            rows.append(dict(files=n, workers=w, main_MiB=me/1024, worker_MiB=kids/1024 if w else float('nan')))
+    return "### Peak memory of conversion (RSS)\n\n" + table(rows, ['files','workers','main_MiB','worker_MiB']) + \
+        "\n\nFlat means the peak does not grow with the number of files: each recording is read, converted, written and dropped."
+
+# --- training input pipeline -------------------------------------------------------------------------------------
+def _learner(png_dir, bs, num_workers=0):
+    from fastai.vision.all import set_seed
+    from heartnb.spectrogram import load_manifest
+    from heartnb.dataloaders import heart_dls
+    from heartnb.train import heart_learner
+    set_seed(42)
+    dls = heart_dls(load_manifest(png_dir), 'random', 0.3, 42, 512, bs, num_workers=num_workers)
+    return heart_learner(dls, pretrained=False)
+
+def bench_pipeline(png_dir, n_batches:int=12):
+    "Seconds per training batch spent waiting for data vs in forward + backward + optimizer step"
+    import torch
+    rows = []
+    for bs in (4, 16):
+        for nw in (0, 2):
+            learn = _learner(png_dir, bs, nw)
+            for stage in ('frozen', 'unfrozen'):
+                learn.freeze() if stage=='frozen' else learn.unfreeze()
+                learn.model.train(); opt = learn.opt
+                it = iter(learn.dls.train); waits,steps = [],[]
+                for i in range(n_batches + 2):
+                    t = time.perf_counter(); x,y = next(it); t1 = time.perf_counter()
+                    loss = learn.loss_func(learn.model(x), y); loss.backward(); opt.step(); opt.zero_grad()
+                    t2 = time.perf_counter()
+                    if i >= 2: waits.append(t1-t); steps.append(t2-t1)   # the first two batches warm up
+                w,s = statistics.mean(waits),statistics.mean(steps)
+                rows.append(dict(bs=bs, loader_workers=nw, stage=stage, data_s=w, step_s=s, data_share=f"{w/(w+s):.1%}",
+                                 images_per_s=bs/(w+s)))
+    return "### Training input pipeline vs model step, 512 px, ResNet34, CPU\n\n" + \
+        table(rows, ['bs','loader_workers','stage','data_s','step_s','data_share','images_per_s']) + \
+        "\n\n`data_s`: seconds per batch waiting for the DataLoader (PNG decode, resize, normalise); `step_s`: forward, backward and optimizer step."
+
+def bench_epochs(png_dir, bs:int=4):
+    "Seconds of one real epoch (train + validation), frozen then unfrozen, 512 px"
+    from fastai.vision.all import ProgressCallback
+    learn = _learner(png_dir, bs); learn.remove_cb(ProgressCallback)
+    rows = []
+    for stage in ('frozen', 'unfrozen'):
+        learn.freeze() if stage=='frozen' else learn.unfreeze()
+        t = time.perf_counter(); learn.fit_one_cycle(1, 1e-4)
+        rows.append(dict(stage=stage, bs=bs, train_batches=len(learn.dls.train), epoch_s=time.perf_counter()-t))
+    return f"### Seconds per epoch, 512 px, batch size {bs}, CPU\n\n" + table(rows, ['stage','bs','train_batches','epoch_s'])
+
+# --- predict ----------------------------------------------------------------------------------------------------
+def bench_predict(model_pkl, wavs, n_warm:int=10):
+    "Cold (new process) and warm (model loaded) latency for one 5 s recording; throughput for a folder of recordings"
+    import soundfile as sf
+    from heartnb.predict import load_model, load_safe, export_safe, predict_wavs
+    tmp = Path(tempfile.mkdtemp())
+    learn = load_model(model_pkl)
+    spec = dict(learn.heartnb_spec); size = spec.pop('size')
+    safe_fn = export_safe(learn, tmp/'model.safetensors', spec, size)
+    y,sr = sf.read(wavs[0]); five = tmp/'five_seconds.wav'
+    sf.write(five, np.resize(y, 5*sr), sr)                       # exactly 5 s, from a real recording
+    rows = []
+    for name,fn in (('safetensors', safe_fn), ('fastai pickle', model_pkl)):
+        t = time.perf_counter()
+        subprocess.run([str(HEARTNB), 'predict', fn, five], check=True, capture_output=True)
+        cold = time.perf_counter()-t
+        m = load_safe(fn) if name=='safetensors' else load_model(fn)
+        predict_wavs(m, [five])
+        warm = []
+        for _ in range(n_warm):
+            t = time.perf_counter(); predict_wavs(m, [five]); warm.append(time.perf_counter()-t)
+        t = time.perf_counter(); predict_wavs(m, wavs); fps = len(wavs)/(time.perf_counter()-t)
+        rows.append(dict(model=name, cold_s=cold, warm_median_s=statistics.median(warm), folder_files=len(wavs), folder_files_per_s=fps))
+    return f"### `heartnb predict`, {size} px, one 5 s recording\n\n" + \
+        table(rows, ['model','cold_s','warm_median_s','folder_files','folder_files_per_s']) + \
+        "\n\n`cold_s`: process start to answer (`heartnb predict MODEL one.wav`); `warm_median_s`: `predict_wavs` with the model loaded."
+
+SECTIONS = ('conversion','memory','pipeline','epochs','predict')
+
+@call_parse
+def main(
+    data:str=None,            # dataset folder (default: $HEARTNB_DATA)
+    only:str=','.join(SECTIONS), # comma-separated sections to run
+    png:str=None,             # folder of 512 px set_b PNGs with manifest.csv (default: made by the conversion section)
+    model:str=None,           # a 512 px model.pkl for the predict section (default: trained briefly here)
+    out:str=str(HERE/'results.md'), # markdown report to write
+):
+    "Run the heartnb benchmarks and write a markdown report"
+    from heartnb.data import index_dataset
+    from heartnb.spectrogram import spectrogram_images
+    df = index_dataset(data, 'b', include_noisy=True, include_unlabelled=True)
+    parts = [f"# heartnb benchmarks\n\nMachine: {machine()}\n\nDataset: set_b, {len(df)} recordings "
+             f"({df.duration.sum()/60:.0f} min of audio, {df.duration.mean():.1f} s mean).\n"]
+    todo = only.split(',')
+    if png is None and {'pipeline','epochs'} & set(todo):
+        png = Path(tempfile.mkdtemp())/'png'
+        spectrogram_images(index_dataset(data, 'b'), png, size=512, progress=False)
+    if model is None and 'predict' in todo:
+        from heartnb.cli import train_job
+        model = Path(tempfile.mkdtemp())/'run'
+        train_job(model, data, size=512, bs=16, freeze_epochs=1, epochs=0, lr=1e-3, pretrained=False, limit=40, progress=False)
+        model = model/'model.pkl'
+    for name in todo:
+        t = time.perf_counter()
+        if name=='conversion': txt = bench_conversion(df)
+        elif name=='memory': txt = bench_memory(df)
+        elif name=='pipeline': txt = bench_pipeline(png)
+        elif name=='epochs': txt = bench_epochs(png)
+        elif name=='predict': txt = bench_predict(model, df.path.iloc[:50].tolist())
+        else: raise SystemExit(f"unknown section {name!r}; choose from {SECTIONS}")
+        txt += f"\n\n(section ran in {time.perf_counter()-t:.0f} s)\n"
+        print(txt, flush=True); parts.append(txt)
+    Path(out).write_text('\n'.join(parts))
+    print(f"wrote {out}")
