@@ -77,8 +77,10 @@ import sys, resource, pandas as pd
 from heartnb.spectrogram import spectrogram_images
 df = pd.read_pickle(sys.argv[1]).iloc[:int(sys.argv[2])]
 spectrogram_images(df, sys.argv[3], size=512, workers=int(sys.argv[4]), progress=False, force=True)
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+hwm = next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM'))  # peak RSS since exec, KiB
+print(hwm, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
 """
+# (ru_maxrss of the process itself would include the RSS of the benchmark process it was forked from, before exec)
 def bench_memory(df, ns=(50, 100, 200, 400)):
     "Peak RSS (MiB) of a conversion process, and of its largest worker, as the number of files grows"
     tmp = Path(tempfile.mkdtemp()); df.to_pickle(tmp/'df.pkl')
@@ -101,7 +103,7 @@ def _learner(png_dir, bs, num_workers=0):
     dls = heart_dls(load_manifest(png_dir), 'random', 0.3, 42, 512, bs, num_workers=num_workers)
     return heart_learner(dls, pretrained=False)
 
-def bench_pipeline(png_dir, n_batches:int=12):
+def bench_pipeline(png_dir, n_batches:int=8):
     "Seconds per training batch spent waiting for data vs in forward + backward + optimizer step"
     import torch
     rows = []
