@@ -14,7 +14,8 @@ from fastcore.script import call_parse, parse_cli, CliError
 from .data import HeartnbError, index_dataset, data_path
 
 # %% auto #0
-__all__ = ['COMMANDS', 'stratified_sample', 'train_job', 'heartnb_train', 'heartnb_spectrograms', 'heartnb_predict', 'main']
+__all__ = ['COMMANDS', 'stratified_sample', 'prepare_items', 'train_job', 'cv_job', 'heartnb_train', 'heartnb_spectrograms',
+           'heartnb_predict', 'heartnb_evaluate', 'heartnb_cv', 'main']
 
 # %% ../nbs/06_cli.ipynb #2efd5503
 def stratified_sample(df:pd.DataFrame, n:int, seed:int=42, col:str='label')->pd.DataFrame:
@@ -23,6 +24,58 @@ def stratified_sample(df:pd.DataFrame, n:int, seed:int=42, col:str='label')->pd.
     if n is None or n >= len(df): return df
     keep,_ = train_test_split(df, train_size=n, stratify=df[col], random_state=seed)
     return keep.sort_index()
+
+def prepare_items(
+    df:pd.DataFrame,       # recordings (from `index_dataset`)
+    png,                   # PNG folder (a cache: up-to-date PNGs are reused)
+    preset='heart',        # spectrogram settings
+    size:int=512,          # image side, pixels
+    window:float=None,     # window duration, s (None: one image per recording)
+    window_hop:float=None, # time between window starts, s (default: half the window)
+    workers:int=None,      # conversion worker processes
+    progress:bool=True,
+)->pd.DataFrame:           # items for `heart_dls`: the manifest (whole recordings) or `window_items`
+    "Convert `df`'s recordings: `size×size` PNGs, or native-resolution PNGs cut into windows when `window` is given."
+    from heartnb.spectrogram import spectrogram_images, load_manifest
+    from heartnb.dataloaders import window_items
+    spectrogram_images(df, png, preset, None if window else size, workers=workers, progress=progress)
+    man = load_manifest(png)
+    return window_items(man, preset, window, window_hop or window/2) if window else man
+
+def _fit(items, out:Path, o:dict, splitter=None, progress:bool=True, checkpoints=None, resume:bool=False):
+    "Seed, DataLoaders, learner and the two one-cycle stages for the settings `o`; returns (learn, train_heart's result)"
+    from fastai.vision.all import set_seed, ProgressCallback
+    from heartnb.dataloaders import heart_dls
+    from heartnb.train import heart_learner, train_heart
+    set_seed(o['seed'], reproducible=True)
+    dls = heart_dls(items, o['split'], o['valid_pct'], o['seed'], o['size'], o['bs'], windows=bool(o['window']),
+                    balance=o['balance'], splitter=splitter)
+    learn = heart_learner(dls, o['arch'], pretrained=o['pretrained'], weights=o['weights'], path=out, balance=o['balance'])
+    if not progress: learn.remove_cb(ProgressCallback)
+    res = train_heart(learn, o['freeze_epochs'], o['epochs'], o['lr'], o.get('lr_mult') or 100, out=out, num_it=o['num_it'],
+                      checkpoints=checkpoints, resume=resume)
+    return learn, res
+
+def _check_settings(sfn:Path, settings:dict, out:Path):
+    "Refuse to resume a run with other settings than it was started with"
+    old = jsonlib.loads(sfn.read_text())
+    diff = {k: (old.get(k), v) for k,v in settings.items() if old.get(k) != v}
+    if diff: raise HeartnbError(f"{out} was started with other settings ({', '.join(f'{k}: {a!r} then, {b!r} now' for k,(a,b) in diff.items())}): "
+                                f"resume with the same options, or use a new --out folder (the old ones are in {sfn}).")
+
+def _preflight(data, arch, pretrained, weights):
+    "Fail fast, before any long work: the data, the architecture, the weights"
+    from heartnb.train import ensure_imagenet_weights, get_arch
+    data = data_path(data)
+    get_arch(arch)
+    if pretrained and not weights: ensure_imagenet_weights(arch)
+    return data
+
+def _versions():
+    import torch, fastai
+    from fastai.vision.all import default_device
+    return dict(device=str(default_device()),
+                versions=dict(python=platform.python_version(), torch=torch.__version__, fastai=fastai.__version__))
 
 def train_job(
     out,                       # run folder to create
@@ -47,65 +100,171 @@ def train_job(
     num_it:int=100,            # lr_find iterations
     progress:bool=True,        # progress bars
     resume:bool=False,         # go on from the last finished epoch of an interrupted run in `out`
+    window:float=None,         # fixed-duration windows of this many seconds (None: one image per recording)
+    window_hop:float=None,     # time between window starts, s (default: half the window)
+    balance:str=None,          # class imbalance: None, 'weights' (weighted loss) or 'oversample'
+    lr_mult:float=100,         # discriminative LRs: the first layers train at the top rate / `lr_mult` (1 for a random-init body)
 )->dict:                       # the contents of `metrics.json`
     """The main job: index → PNGs → DataLoaders → lr_find → frozen and unfrozen one-cycle → interpretation → export.
-    Raises `HeartnbError` (bad data, weights unavailable, or `resume` with other settings than the interrupted run)."""
+    With `window`, the metrics are per recording (windows averaged). Raises `HeartnbError` (bad data, weights
+    unavailable, or `resume` with other settings than the interrupted run)."""
     times,t0 = {},time.time()
-    data = data_path(data)                                          # fail fast, before any long work: the data,
+    data = data_path(data)
     out = Path(out)
+    if balance == 'none': balance = None
+    if window and not window_hop: window_hop = window/2
     settings = dict(data=str(data.absolute()), subset=subset, size=size, bs=bs, valid_pct=valid_pct, split=split, seed=seed,
                     freeze_epochs=freeze_epochs, epochs=epochs, lr=lr, arch=str(arch), pretrained=pretrained,
                     weights=str(weights) if weights else None, include_noisy=include_noisy, limit=limit,
                     preset=preset if isinstance(preset, str) else str(preset), num_it=num_it)
+    if window: settings.update(window=window, window_hop=window_hop)   # (absent when unused: older run folders resume)
+    if balance: settings.update(balance=balance)
+    if lr_mult != 100: settings.update(lr_mult=lr_mult)
     ck,done,sfn = out/'checkpoints',out/'metrics.json',out/'settings.json'
     if resume and sfn.exists():
-        old = jsonlib.loads(sfn.read_text())
-        diff = {k: (old.get(k), v) for k,v in settings.items() if old.get(k) != v}
-        if diff: raise HeartnbError(f"{out} was started with other settings ({', '.join(f'{k}: {a!r} then, {b!r} now' for k,(a,b) in diff.items())}): "
-                                    f"resume with the same options, or train into a new --out folder (the old ones are in {sfn}).")
+        _check_settings(sfn, settings, out)
         if done.exists() and not ck.exists(): return jsonlib.loads(done.read_text())  # finished: nothing to resume
-    import torch, fastai
-    from fastai.vision.all import set_seed, default_device, ProgressCallback
-    from heartnb.spectrogram import spectrogram_images, load_manifest, spec_config, atomic_write
-    from heartnb.dataloaders import heart_dls
-    from heartnb.train import heart_learner, train_heart, ensure_imagenet_weights, get_arch
-    from heartnb.interpret import interpret
+    from heartnb.spectrogram import spec_config, atomic_write
+    from heartnb.interpret import interpret, plot_confusion
     from heartnb.predict import export_model, export_safe
-    get_arch(arch)                                                  # then the architecture
-    if pretrained and not weights: ensure_imagenet_weights(arch)   # and the weights
+    from heartnb.evaluate import learner_report
+    import matplotlib.pyplot as plt
+    _preflight(data, arch, pretrained, weights)
     out.mkdir(parents=True, exist_ok=True)
     if not (resume and sfn.exists()): atomic_write(sfn, lambda t: Path(t).write_text(jsonlib.dumps(settings, indent=2)))
     done.unlink(missing_ok=True)
     df = stratified_sample(index_dataset(data, subset, include_noisy=include_noisy), limit, seed)
     times['index'] = time.time()-t0; t = time.time()
-    man = spectrogram_images(df, png or out/'spectrograms', preset, size, workers=workers, progress=progress)
+    items = prepare_items(df, png or out/'spectrograms', preset, size, window, window_hop, workers, progress)
     times['spectrograms'] = time.time()-t; t = time.time()
-    set_seed(seed, reproducible=True)
-    dls = heart_dls(load_manifest(png or out/'spectrograms'), split, valid_pct, seed, size, bs)
-    learn = heart_learner(dls, arch, pretrained=pretrained, weights=weights, path=out)  # lr_find's checkpoint goes in `out`
-    if not progress: learn.remove_cb(ProgressCallback)
-    times['dataloaders'] = time.time()-t
-    res = train_heart(learn, freeze_epochs, epochs, lr, out=out, num_it=num_it, checkpoints=ck, resume=resume)
+    o = dict(settings, window=window, window_hop=window_hop, balance=balance, weights=weights, lr_mult=lr_mult)
+    learn,res = _fit(items, out, o, progress=progress, checkpoints=ck, resume=resume)
     times.update(res['times']); t = time.time()
-    rep = interpret(learn, out)
+    rep = interpret(learn, out)          # figures; per image (per window with windows)
+    if window:                           # the metrics count recordings: average each recording's windows
+        win_rep = rep
+        rep,_ = learner_report(learn)
+        plt.close(plot_confusion(rep['confusion_matrix'], rep['classes'], out/'confusion_matrix.png', 'Confusion matrix (recordings)'))
     times['interpret'] = time.time()-t; t = time.time()
-    export_safe(learn, out/'model.safetensors', preset, size)
-    export_model(learn, out/'model.pkl', preset, size)
+    export_safe(learn, out/'model.safetensors', preset, size, window, window_hop)
+    export_model(learn, out/'model.pkl', preset, size, window, window_hop)
     times['export'] = time.time()-t
     res['history'].to_csv(out/'history.csv', index=False)
     times['total'] = time.time()-t0
-    metrics = dict(rep, n_train=len(dls.train_ds), n_valid=len(dls.valid_ds), n_recordings=len(man),
-                   subset=subset, split=split, valid_pct=valid_pct, seed=seed, size=size, bs=bs, arch=str(arch),
-                   epochs=dict(frozen=freeze_epochs, unfrozen=epochs), lrs=res['lrs'],
-                   pretrained=learn.heartnb_pretrained, include_noisy=include_noisy, limit=limit,
+    vitems = learn.dls.valid_ds.items
+    metrics = dict(rep, n_train=int(learn.dls.train_ds.items.path.nunique()), n_valid=int(vitems.path.nunique()),
+                   n_recordings=len(df), subset=subset, split=split, valid_pct=valid_pct, seed=seed, size=size, bs=bs,
+                   arch=str(arch), epochs=dict(frozen=freeze_epochs, unfrozen=epochs), lrs=res['lrs'],
+                   pretrained=learn.heartnb_pretrained, include_noisy=include_noisy, limit=limit, balance=balance, lr_mult=lr_mult,
+                   window=dict(seconds=window, hop=window_hop, n_train=len(learn.dls.train_ds), n_valid=len(vitems),
+                               window_accuracy=win_rep['accuracy']) if window else None,
                    spectrogram=dict(spec_config(preset).to_dict(), preset=preset if isinstance(preset, str) else 'custom'),
-                   seconds=times, device=str(default_device()), resumed=res['resumed'] or None,
-                   versions=dict(python=platform.python_version(), torch=torch.__version__, fastai=fastai.__version__))
+                   seconds=times, resumed=res['resumed'] or None, **_versions())
     atomic_write(done, lambda t: Path(t).write_text(jsonlib.dumps(metrics, indent=2)))
     shutil.rmtree(ck)                     # complete: the checkpoints (hundreds of MB) are no longer needed
     return metrics
 
 # %% ../nbs/06_cli.ipynb #36b72a93
+def cv_job(
+    out,                       # folder to create: fold0/ ... fold{k-1}/, cv.json, oof.csv, settings.json
+    data=None,                 # dataset folder (default: `$HEARTNB_DATA`)
+    subset:str='b',            # 'b' or 'a'
+    k:int=5,                   # number of folds
+    split:str='patient',       # 'patient' (grouped by patient) or 'random' (by recording)
+    seed:int=42,               # seed of sampling, folds and training (every fold starts from this seed)
+    size:int=512,              # image side, pixels
+    bs:int=4,                  # batch size
+    freeze_epochs:int=5,       # one-cycle epochs, body frozen
+    epochs:int=5,              # one-cycle epochs, unfrozen
+    lr:float=None,             # learning rate (default: lr_find's suggestions, found again in every fold)
+    arch:str='resnet34',       # torchvision architecture
+    pretrained:bool=True,      # ImageNet weights
+    weights:str=None,          # local torchvision checkpoint
+    include_noisy:bool=False,  # train and validate on set_b's noisy recordings too
+    limit:int=None,            # stratified sample of this many recordings
+    preset:str='heart',        # spectrogram preset
+    png:str=None,              # PNG folder (default: `<out>/spectrograms`)
+    workers:int=None,          # conversion worker processes
+    num_it:int=100,            # lr_find iterations
+    window:float=None,         # fixed-duration windows, s
+    window_hop:float=None,     # time between window starts, s (default: half the window)
+    balance:str=None,          # None, 'weights' or 'oversample'
+    test_pct:float=0,          # hold out this share as a test set for the fold models and their ensemble (0: none)
+    tta:int=0,                 # also score the test set with this many test-time augmentation passes
+    progress:bool=True,        # progress bars
+    lr_mult:float=100,         # discriminative LRs: first layers at the top rate / `lr_mult`
+)->dict:                       # the contents of `cv.json`
+    "k-fold cross-validation of the training recipe; see above. Raises `HeartnbError` for bad data or another run's folder."
+    import numpy as np, torch
+    from fastai.vision.all import IndexSplitter
+    from heartnb.spectrogram import atomic_write
+    from heartnb.interpret import classification_report
+    from heartnb.predict import export_safe, load_safe, predict_probs
+    from heartnb.evaluate import cv_folds, holdout_split, learner_report, summarize_reports, majority_baseline
+    t0,out = time.time(),Path(out)
+    if balance == 'none': balance = None
+    if window and not window_hop: window_hop = window/2
+    data = _preflight(data, arch, pretrained, weights)
+    settings = dict(data=str(data.absolute()), subset=subset, k=k, split=split, seed=seed, size=size, bs=bs,
+                    freeze_epochs=freeze_epochs, epochs=epochs, lr=lr, arch=str(arch), pretrained=pretrained,
+                    weights=str(weights) if weights else None, include_noisy=include_noisy, limit=limit,
+                    preset=str(preset), num_it=num_it, window=window, window_hop=window_hop, balance=balance,
+                    test_pct=test_pct, tta=tta, lr_mult=lr_mult)
+    sfn = out/'settings.json'
+    if sfn.exists(): _check_settings(sfn, settings, out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write(sfn, lambda t: Path(t).write_text(jsonlib.dumps(settings, indent=2)))
+    df = stratified_sample(index_dataset(data, subset, include_noisy=include_noisy), limit, seed)
+    test = None
+    if test_pct: df,test = holdout_split(df, test_pct, split, seed)
+    fold_of = dict(zip(df.path, cv_folds(df, k, split, seed)))
+    items = prepare_items(df, png or out/'spectrograms', preset, size, window, window_hop, workers, progress)
+    ifold = items.path.map(fold_of).to_numpy()
+    o = dict(settings, valid_pct=1/k, weights=weights)
+    reports,oof,seconds = [],[],[]
+    for i in range(k):
+        fdir = out/f'fold{i}'
+        if (fdir/'metrics.json').exists() and (fdir/'model.safetensors').exists():   # done by an earlier, interrupted run
+            m = jsonlib.loads((fdir/'metrics.json').read_text())
+            pred = pd.read_csv(fdir/'predictions.csv', dtype={'patient':str})
+        else:
+            t = time.time()
+            learn,res = _fit(items, fdir, o, splitter=IndexSplitter(list(np.flatnonzero(ifold==i))), progress=progress)
+            m,pred = learner_report(learn)
+            export_safe(learn, fdir/'model.safetensors', preset, size, window, window_hop)
+            m.update(fold=i, n_train=int(learn.dls.train_ds.items.path.nunique()), lrs=res['lrs'],
+                     seconds=dict(res['times'], total=time.time()-t))
+            atomic_write(fdir/'predictions.csv', lambda f: pred.to_csv(f, index=False))
+            atomic_write(fdir/'metrics.json', lambda f: Path(f).write_text(jsonlib.dumps(m, indent=2)))
+            del learn
+        reports.append(m); oof.append(pred.assign(fold=i)); seconds.append(m['seconds']['total'])
+    oof = pd.concat(oof, ignore_index=True)
+    classes = reports[0]['classes']
+    majority = df.label.value_counts().idxmax()
+    pooled = classification_report(oof.label.map(classes.index).values, oof.predicted.map(classes.index).values, classes)
+    res = dict(summary=summarize_reports(reports), folds=reports, pooled=pooled,
+               baseline=majority_baseline(oof.label, classes, majority), majority=majority,
+               n_recordings=len(df), n_items=len(items), settings=settings,
+               seconds=dict(per_fold=seconds, mean_per_fold=float(np.mean(seconds))))
+    if test is not None and len(test):
+        models = [load_safe(out/f'fold{i}'/'model.safetensors') for i in range(k)]
+        y = test.label.map(classes.index).values
+        res['test'] = dict(n_recordings=len(test), baseline=majority_baseline(test.label, classes, majority))
+        for n in sorted({0, tta}):
+            t = time.time()
+            probs = [predict_probs(m, test.path.tolist(), tta=n) for m in models]
+            single = [classification_report(y, p.argmax(1).numpy(), classes) for p in probs]
+            res['test'][f'tta{n}'] = dict(single=summarize_reports(single), single_reports=single,
+                                          ensemble=classification_report(y, torch.stack(probs).mean(0).argmax(1).numpy(), classes),
+                                          seconds=time.time()-t)
+        atomic_write(out/'test.csv', lambda f: test.to_csv(f, index=False))
+    res['seconds']['total'] = time.time()-t0
+    res.update(_versions())
+    atomic_write(out/'oof.csv', lambda f: oof.to_csv(f, index=False))
+    atomic_write(out/'cv.json', lambda f: Path(f).write_text(jsonlib.dumps(res, indent=2)))
+    return res
+
+# %% ../nbs/06_cli.ipynb #f42f2ca8
 def _cli(f):
     "Turn heartnb's input errors into a clean command-line exit"
     from functools import wraps
@@ -139,10 +298,15 @@ def heartnb_train(
     workers:int=None,          # conversion worker processes (default: all cores)
     num_it:int=100,            # lr_find iterations
     resume:bool=False,         # go on from the last finished epoch of a killed run in OUT (same options)
+    window:float=None,         # cut recordings into windows of this many seconds (default: one image per recording)
+    window_hop:float=None,     # seconds between window starts (default: half the window)
+    balance:Annotated[str, "class imbalance: 'weights' (class-weighted loss) or 'oversample' (minority classes drawn more often)", dict(choices=['none','weights','oversample'])]='none',
+    lr_mult:float=100,         # discriminative LRs: first layers at the top rate / LR_MULT (1 suits a randomly initialised body)
 ):
     "Train a heart-sound classifier end to end from a dataset folder and write the run folder."
     m = train_job(out, data, subset, size, bs, valid_pct, split, seed, freeze_epochs, epochs, lr, arch, pretrained, weights,
-                  include_noisy, limit, preset, png, workers, num_it, resume=resume)
+                  include_noisy, limit, preset, png, workers, num_it, resume=resume, window=window, window_hop=window_hop,
+                  balance=None if balance=='none' else balance, lr_mult=lr_mult)
     if m.get('resumed'): print(f"resumed after {m['resumed']} epochs")
     print(f"accuracy {m['accuracy']:.3f}  macro-F1 {m['macro_f1']:.3f}  balanced accuracy {m['balanced_accuracy']:.3f}  "
           f"({m['n_valid']} validation recordings, {split} split); wrote {Path(out)/'metrics.json'}")
@@ -174,23 +338,91 @@ def heartnb_predict(
     model:str,       # RUN_DIR/model.safetensors (safe, or the run folder) or RUN_DIR/model.pkl (a pickle: only files you trust)
     *wavs:str,       # WAV recordings to classify
     json:bool=False, # print a JSON list of {"file", "label", "probabilities"}
+    tta:int=0,       # test-time augmentation: also average over N time-shifted copies of each image
 ):
     "Classify WAV recordings with a trained model: the predicted class and the class probabilities."
     if not wavs: raise CliError("error: give at least one WAV file")
     from heartnb.predict import open_model, predict_wavs
-    res = predict_wavs(open_model(model), list(wavs))
+    res = predict_wavs(open_model(model), list(wavs), tta=tta)
     if json: print(jsonlib.dumps(res, indent=2)); return
     for r in res:
         print(f"{r['file']}\t{r['label']}\t" + '  '.join(f"{c}={p:.3f}" for c,p in r['probabilities'].items()))
 
-# %% ../nbs/06_cli.ipynb #a7020700
-COMMANDS = dict(train=heartnb_train, spectrograms=heartnb_spectrograms, predict=heartnb_predict)
+# %% ../nbs/06_cli.ipynb #d2c6cbcc
+@call_parse
+@_cli
+def heartnb_evaluate(
+    model:str,                 # RUN_DIR/model.safetensors or a run folder (safe), a `heartnb cv` folder (its fold models as an ensemble), or model.pkl (trusted files only)
+    data:str=None,             # dataset folder in the Kaggle layout (default: $HEARTNB_DATA); it may hold only some of the files its CSVs list
+    subset:Annotated[str, "'b' or 'a'", dict(choices=['b','a'])]='b',
+    tta:int=0,                 # test-time augmentation passes
+    clean_only:bool=False,     # leave out set_b's noisy recordings (they are scored by default: they are labelled)
+    json:bool=False,           # print the report as JSON (the form of metrics.json)
+):
+    "Score a trained model on every labelled recording of a dataset folder: accuracy, balanced accuracy, macro-F1, per class, confusion matrix."
+    from heartnb.predict import open_model
+    from heartnb.evaluate import evaluate_model, format_report
+    rep = evaluate_model(open_model(model), data, subset, tta, include_noisy=not clean_only)
+    rep['model'] = str(model)
+    if json: print(jsonlib.dumps(rep, indent=2)); return
+    print(f"{model} on set_{subset} of {data_path(data)} (tta {tta})\n" + format_report(rep))
+    if len(rep['per_sublabel']) > 1: print('accuracy by sublabel: ' + ', '.join(f"{k} {v['accuracy']:.3f} (n={v['n']})" for k,v in rep['per_sublabel'].items()))
+
+def _ms(d, k): return f"{d[k]['mean']:.3f} ± {d[k]['std']:.3f}"
+
+@call_parse
+@_cli
+def heartnb_cv(
+    out:Annotated[str, "folder for fold0/ .. fold{k-1}/ (models, metrics), cv.json, oof.csv", dict(opt=True, required=True)],
+    data:str=None,             # dataset folder (default: $HEARTNB_DATA)
+    subset:Annotated[str, "'b' or 'a'", dict(choices=['b','a'])]='b',
+    k:int=5,                   # number of folds
+    split:Annotated[str, "'patient': a patient's recordings in one fold; 'random': recordings independently", dict(choices=['patient','random'])]='patient',
+    seed:int=42,               # random seed (sample, folds, training)
+    size:int=512,              # image side, pixels
+    bs:int=4,                  # batch size
+    freeze_epochs:int=5,       # one-cycle epochs with the body frozen
+    epochs:int=5,              # one-cycle epochs unfrozen
+    lr:float=None,             # learning rate (default: lr_find's suggestion in every fold)
+    arch:str='resnet34',       # torchvision architecture
+    pretrained:bool=True,      # start from ImageNet weights (--no-pretrained: random init)
+    weights:str=None,          # local torchvision checkpoint (.pth) to start from
+    include_noisy:bool=False,  # also use noisy set_b recordings
+    limit:int=None,            # stratified sample of N labelled recordings
+    preset:Annotated[str, "spectrogram settings", dict(choices=['heart','seed'])]='heart',
+    png:str=None,              # folder for the PNGs (default: OUT/spectrograms)
+    workers:int=None,          # conversion worker processes
+    num_it:int=100,            # lr_find iterations
+    window:float=None,         # windows of this many seconds (default: one image per recording)
+    window_hop:float=None,     # seconds between window starts (default: half the window)
+    balance:Annotated[str, "class imbalance handling", dict(choices=['none','weights','oversample'])]='none',
+    test_pct:float=0,          # hold out this share (patient-disjoint) to score the fold models and their ensemble
+    tta:int=0,                 # test-time augmentation passes for the held-out test set
+    lr_mult:float=100,         # discriminative LRs: first layers at the top rate / LR_MULT
+):
+    "k-fold cross-validation (stratified, grouped by patient): mean ± std of the metrics over folds, fold models for an ensemble."
+    r = cv_job(out, data, subset, k, split, seed, size, bs, freeze_epochs, epochs, lr, arch, pretrained, weights, include_noisy,
+               limit, preset, png, workers, num_it, window, window_hop, None if balance=='none' else balance, test_pct, tta,
+               lr_mult=lr_mult)
+    s,b = r['summary'],r['baseline']
+    print(f"{k}-fold {split} cross-validation on set_{subset} ({r['n_recordings']} recordings), mean ± std over folds:\n"
+          f"  accuracy {_ms(s,'accuracy')}  balanced accuracy {_ms(s,'balanced_accuracy')}  macro-F1 {_ms(s,'macro_f1')}\n"
+          f"  recall: " + '  '.join(f"{c} {_ms(s, 'recall/'+c)}" for c in r['pooled']['classes']) + "\n"
+          f"  majority-class baseline ({r['majority']}): accuracy {b['accuracy']:.3f}  balanced accuracy {b['balanced_accuracy']:.3f}  macro-F1 {b['macro_f1']:.3f}")
+    for n,v in ((k_,v) for k_,v in r.get('test', {}).items() if k_.startswith('tta')):
+        e = v['ensemble']
+        print(f"  held-out test ({r['test']['n_recordings']} recordings, {n}): single models macro-F1 {_ms(v['single'],'macro_f1')}, "
+              f"ensemble accuracy {e['accuracy']:.3f} balanced accuracy {e['balanced_accuracy']:.3f} macro-F1 {e['macro_f1']:.3f}")
+    print(f"wrote {Path(out)/'cv.json'}")
+
+# %% ../nbs/06_cli.ipynb #99e6c7ff
+COMMANDS = dict(train=heartnb_train, cv=heartnb_cv, evaluate=heartnb_evaluate, spectrograms=heartnb_spectrograms, predict=heartnb_predict)
 
 def main():
-    "Entry point of the `heartnb` command: `heartnb {train,spectrograms,predict} [options]`."
+    "Entry point of the `heartnb` command: `heartnb {train,cv,evaluate,spectrograms,predict} [options]`."
     if len(sys.argv) < 2 or sys.argv[1] not in COMMANDS:
         first = sys.argv[1] if len(sys.argv) > 1 else None
-        print("usage: heartnb {train,spectrograms,predict} [--help] [options]\n\n" +
+        print("usage: heartnb {train,cv,evaluate,spectrograms,predict} [--help] [options]\n\n" +
               '\n'.join(f"  {k:13s} {f.__doc__}" for k,f in COMMANDS.items()))
         sys.exit(0 if first in ('-h','--help') else 2)
     cmd = sys.argv.pop(1)

@@ -8,11 +8,15 @@ Docs: https://heartnb.github.io/heartnb/dataloaders.html.md"""
 from __future__ import annotations
 import numpy as np, pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
-from fastai.vision.all import (DataBlock, ImageBlock, CategoryBlock, ColReader, RandomSplitter, Resize, Normalize,
-                               imagenet_stats, DataLoaders)
+from PIL import Image
+from fastai.vision.all import (DataBlock, ImageBlock, CategoryBlock, ColReader, RandomSplitter, IndexSplitter, Resize,
+                               Normalize, imagenet_stats, DataLoaders, PILImage)
+from fastai.callback.data import *  # `DataBlock.weighted_dataloaders`
+from .spectrogram import window_frames, window_starts, window_image, spec_config
 
 # %% auto #0
-__all__ = ['PatientSplitter', 'heart_splitter', 'heart_dblock', 'heart_dls']
+__all__ = ['PatientSplitter', 'heart_splitter', 'window_items', 'WindowReader', 'class_balance_weights', 'heart_dblock',
+           'heart_dls']
 
 # %% ../nbs/02_dataloaders.ipynb #6e7d20d0
 def PatientSplitter(
@@ -36,30 +40,74 @@ def heart_splitter(split:str='random', valid_pct:float=0.3, seed:int=42):
     if split=='patient': return PatientSplitter(valid_pct=valid_pct, seed=seed)
     raise ValueError(f"split must be 'random' or 'patient', not {split!r}")
 
-# %% ../nbs/02_dataloaders.ipynb #29874a54
+# %% ../nbs/02_dataloaders.ipynb #eee72680
+def window_items(
+    manifest:pd.DataFrame, # native-resolution manifest (`spectrogram_images(..., size=None)` then `load_manifest`)
+    cfg='heart',           # the spectrogram settings of those PNGs (for the frame rate)
+    window:float=3.,       # window duration, s
+    window_hop:float=1.5,  # time between window starts, s
+)->pd.DataFrame:           # one row per window: the manifest's columns plus `start` and `win` (frames)
+    "Expand a manifest of recordings into one row per fixed-duration window (see `window_starts`)."
+    win,hop = window_frames(window, cfg),window_frames(window_hop, cfg)
+    rows = []
+    for r in manifest.to_dict('records'):
+        with Image.open(r['png']) as im: n = im.size[0]
+        rows += [dict(r, start=s, win=win) for s in window_starts(n, win, hop)]
+    return pd.DataFrame(rows, columns=[*manifest.columns, 'start', 'win'])
+
+class WindowReader:
+    "`get_x` for window items: the RGB `size×size` image of frames `[start, start+win)` of the row's native PNG (`window_image`)."
+    def __init__(self, size:int=512): self.size = size
+    def __call__(self, r):
+        with Image.open(r['png']) as im: img = np.asarray(im.convert('L'))
+        return PILImage(Image.fromarray(window_image(img, int(r['start']), int(r['win']), self.size)).convert('RGB'))
+
+def class_balance_weights(
+    labels,                # the label of every item, length n
+)->np.ndarray:             # sampling weight of every item, shape (n,), summing to 1
+    "Weights that give each class the same total probability (inverse class frequency), for oversampling."
+    labels = pd.Series(np.asarray(labels))
+    w = 1/labels.map(labels.value_counts()).to_numpy(dtype=float)
+    return w/w.sum()
+
+# %% ../nbs/02_dataloaders.ipynb #27590c7b
 def heart_dblock(
     split:str='random',    # 'random' (per file, as the seed) or 'patient' (set_b patients on one side)
     valid_pct:float=0.3,   # validation share
     seed:int=42,           # seed of the split
     size:int=512,          # image side fed to the model, pixels (PNGs of another size are resized)
     vocab:list=None,       # class order (default: sorted labels)
+    windows:bool=False,    # items are windows from `window_items` (else whole-recording PNGs)
+    splitter=None,         # a fastai splitter that replaces the one `split` names (e.g. a cross-validation fold)
 )->DataBlock:
-    "The heartnb `DataBlock`: (PNG spectrogram → `ImageBlock`, label → `CategoryBlock`) over a manifest DataFrame."
+    "The heartnb `DataBlock`: (PNG spectrogram or window → `ImageBlock`, label → `CategoryBlock`) over a manifest DataFrame."
+    if splitter is None:
+        if windows and split not in ('random','patient'): raise ValueError(f"split must be 'random' or 'patient', not {split!r}")
+        splitter = (PatientSplitter(valid_pct, seed, group_col='patient' if split=='patient' else 'path') if windows
+                    else heart_splitter(split, valid_pct, seed))
     return DataBlock(blocks=(ImageBlock, CategoryBlock(vocab=vocab)),
-                     get_x=ColReader('png'), get_y=ColReader('label'),
-                     splitter=heart_splitter(split, valid_pct, seed),
-                     item_tfms=Resize(size, method='squish'),
+                     get_x=WindowReader(size) if windows else ColReader('png'), get_y=ColReader('label'),
+                     splitter=splitter,
+                     item_tfms=None if windows else Resize(size, method='squish'),
                      batch_tfms=Normalize.from_stats(*imagenet_stats))
 
 def heart_dls(
-    manifest:pd.DataFrame, # rows with `png` (absolute path), `label`, `patient`: see `load_manifest`
+    manifest:pd.DataFrame, # rows with `png` (absolute path), `label`, `patient` (see `load_manifest`), or window items
     split:str='random',    # 'random' or 'patient'
     valid_pct:float=0.3,   # validation share
     seed:int=42,           # seed of the split
     size:int=512,          # image side, pixels
     bs:int=4,              # batch size (the seed's 4; larger batches train faster per epoch)
     num_workers:int=0,     # DataLoader worker processes
+    windows:bool=False,    # `manifest` holds window items (`window_items`)
+    balance:str=None,      # 'oversample': draw training items inversely to class frequency (`WeightedDL`); None: as they come
+    splitter=None,         # replaces the split `split` names, see `heart_dblock`
+    vocab:list=None,       # class order (default: sorted labels)
     **kwargs,              # passed to `DataBlock.dataloaders` (e.g. `device`)
 )->DataLoaders:
-    "Training and validation `DataLoaders` of spectrogram images from a manifest."
-    return heart_dblock(split, valid_pct, seed, size).dataloaders(manifest, bs=bs, num_workers=num_workers, **kwargs)
+    "Training and validation `DataLoaders` of spectrogram images (or windows) from a manifest. Raises `ValueError` for an unknown `balance`."
+    if balance not in (None, 'none', 'weights', 'oversample'): raise ValueError(f"balance must be 'none', 'weights' or 'oversample', not {balance!r}")
+    dblock = heart_dblock(split, valid_pct, seed, size, vocab, windows, splitter)
+    if balance == 'oversample':
+        return dblock.weighted_dataloaders(manifest, class_balance_weights(manifest.label), bs=bs, num_workers=num_workers, **kwargs)
+    return dblock.dataloaders(manifest, bs=bs, num_workers=num_workers, **kwargs)  # ('weights' is the loss's business)

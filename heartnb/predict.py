@@ -11,16 +11,25 @@ from pathlib import Path
 import numpy as np, torch
 from fastai.vision.all import load_learner, Learner, Normalize, create_vision_model, imagenet_stats
 from .data import HeartnbError
-from .spectrogram import spec_config, wav2image, SpecConfig, atomic_write
+from .spectrogram import spec_config, wav2image, wav_windows, SpecConfig, atomic_write
 
 # %% auto #0
-__all__ = ['SAFE_FORMAT', 'export_model', 'load_model', 'UnsafeModelError', 'export_safe', 'SafeModel', 'load_safe', 'open_model',
-           'predict_wavs']
+__all__ = ['SAFE_FORMAT', 'export_model', 'load_model', 'UnsafeModelError', 'export_safe', 'tta_shifts', 'SafeModel', 'Ensemble',
+           'load_safe', 'open_model', 'wav_images', 'predict_probs', 'predict_wavs']
 
 # %% ../nbs/05_predict.ipynb #71560752
-def export_model(learn:Learner, fname, cfg='heart', size:int=512)->Path:
-    "Export `learn` (fastai pickle) to `fname` with the spectrogram settings `cfg` and image `size` it was trained on."
+def _window_meta(window, window_hop)->dict|None:
+    "The `window` entry of a model's description: None (whole recordings) or {'seconds', 'hop'}"
+    if not window: return None
+    if not (window > 0 and (window_hop or window) > 0): raise ValueError(f"window ({window}) and window_hop ({window_hop}) must be positive seconds")
+    return dict(seconds=float(window), hop=float(window_hop or window))
+
+def export_model(learn:Learner, fname, cfg='heart', size:int=512,
+                 window:float=None, window_hop:float=None, # fixed-duration windows it was trained on, s (None: whole recordings)
+                )->Path:
+    "Export `learn` (fastai pickle) to `fname` with the spectrogram settings `cfg`, image `size` and windows it was trained on."
     learn.heartnb_spec = dict(spec_config(cfg).to_dict(), size=size)
+    learn.heartnb_window = _window_meta(window, window_hop)
     fname = Path(fname); fname.parent.mkdir(parents=True, exist_ok=True)
     learn.export(fname.absolute())
     return fname
@@ -49,6 +58,8 @@ def export_safe(
     fname,          # weights file to write, `*.safetensors`; the description goes to the same name with `.json`
     cfg='heart',    # spectrogram settings it was trained on (`SpecConfig` or preset name)
     size:int=512,   # image side it was trained on, pixels
+    window:float=None,     # window duration it was trained on, s (None: one image per recording)
+    window_hop:float=None, # time between window starts, s
 )->Path:            # `fname`
     "Write `learn`'s weights as safetensors and a JSON description beside them: a model file that cannot run code when loaded."
     from safetensors.torch import save_file
@@ -57,36 +68,70 @@ def export_safe(
     mean,std = _norm_stats(learn)
     meta = dict(format=SAFE_FORMAT, arch=learn.arch.__name__, n_in=3, classes=list(map(str, learn.dls.vocab)),
                 spectrogram=spec_config(cfg).to_dict(), size=size, normalize=dict(mean=mean, std=std),
-                pretrained=getattr(learn, 'heartnb_pretrained', None))
+                window=_window_meta(window, window_hop), pretrained=getattr(learn, 'heartnb_pretrained', None))
     sd = {k: v.detach().cpu().contiguous() for k,v in learn.model.state_dict().items()}
     atomic_write(fname, lambda t: save_file(sd, t, metadata=dict(format=SAFE_FORMAT)))
     atomic_write(fname.with_suffix('.json'), lambda t: Path(t).write_text(json.dumps(meta, indent=2)))
     return fname
 
+def tta_shifts(
+    width:int,  # image width, pixels (the time axis)
+    tta:int=0,  # number of extra, time-shifted passes
+)->list:        # circular shifts in pixels, the first 0 (the image itself)
+    "Test-time augmentation shifts: the image and `tta` circular rolls along time, evenly spaced over its width."
+    return [round(j*width/(tta+1)) for j in range(tta+1)]
+
 class SafeModel:
-    "A heart-sound classifier loaded by `load_safe`: a plain torch module and what it needs to read a WAV."
+    "A heart-sound classifier: a plain torch module and what it needs to read a WAV (from `load_safe`, or a `Learner` via `SafeModel.from_learner`)."
     def __init__(self, model:torch.nn.Module, meta:dict):
         self.model,self.meta = model.eval(),meta
         self.vocab = meta['classes']
         self.heartnb_spec = dict(meta['spectrogram'], size=meta['size'])
+        self.window = meta.get('window')
         self.mean = torch.tensor(meta['normalize']['mean']).view(1,-1,1,1)
         self.std = torch.tensor(meta['normalize']['std']).view(1,-1,1,1)
+
+    @classmethod
+    def from_learner(cls, learn:Learner):
+        "Predict with a `Learner` from `load_model` (or trained and given `heartnb_spec`) through the same steps as a safe model."
+        spec = dict(learn.heartnb_spec); size = spec.pop('size')
+        mean,std = _norm_stats(learn)
+        return cls(learn.model, dict(classes=list(map(str, learn.dls.vocab)), spectrogram=spec, size=size,
+                                     normalize=dict(mean=mean, std=std), window=getattr(learn, 'heartnb_window', None)))
 
     def predict_images(self,
         imgs:list, # uint8 spectrogram images, each (size, size)
         bs:int=16, # images per batch
+        tta:int=0, # test-time augmentation: also average over this many circular time shifts (`tta_shifts`)
     )->torch.Tensor: # class probabilities, shape (len(imgs), n_classes)
         "Probabilities for spectrogram images, with the same input steps as fastai (RGB repeat, /255, normalise)."
         out = []
+        dev = next(self.model.parameters()).device
         with torch.inference_mode():
             for i in range(0, len(imgs), bs):
                 x = torch.from_numpy(np.stack(imgs[i:i+bs])).float().div_(255)[:,None].expand(-1,3,-1,-1)
-                out.append(self.model((x-self.mean)/self.std).softmax(-1))
+                x = ((x-self.mean)/self.std).to(dev)
+                out.append(torch.stack([self.model(x.roll(s, -1)).softmax(-1) for s in tta_shifts(x.shape[-1], tta)]).mean(0).cpu())
         return torch.cat(out) if out else torch.zeros(0, len(self.vocab))
+
+class Ensemble:
+    "Several models with the same classes, spectrogram settings, size and windows (e.g. the k fold models of `heartnb cv`) that predict together by averaging their probabilities."
+    def __init__(self, models:list):
+        if not models: raise HeartnbError("an ensemble needs at least one model")
+        m0 = models[0]
+        for m in models[1:]:
+            for k in ('vocab', 'heartnb_spec', 'window'):
+                if getattr(m, k) != getattr(m0, k):
+                    raise HeartnbError(f"the models of an ensemble must agree on {k}: {getattr(m0, k)!r} and {getattr(m, k)!r}")
+        self.models,self.vocab,self.heartnb_spec,self.window = models,m0.vocab,m0.heartnb_spec,m0.window
+        self.meta = dict(m0.meta, ensemble=len(models))
+    def predict_images(self, imgs:list, bs:int=16, tta:int=0)->torch.Tensor:
+        "The mean of the members' `predict_images` probabilities, shape (len(imgs), n_classes)."
+        return torch.stack([m.predict_images(imgs, bs, tta) for m in self.models]).mean(0)
 
 def _check_safetensors(fname:Path):
     "Refuse anything that is not a safetensors file before any parser sees it (a pickle starts with 0x80, a torch zip with 'PK')"
-    head = fname.open('rb').read(9)
+    with fname.open('rb') as f: head = f.read(9)
     n = int.from_bytes(head[:8], 'little') if len(head) == 9 else 0
     if not (head[8:9] == b'{' and 0 < n <= fname.stat().st_size - 8):
         kind = 'a pickle' if head[:1] == b'\x80' else 'a torch/zip archive' if head[:2] == b'PK' else 'not safetensors'
@@ -123,25 +168,46 @@ def load_safe(
     return SafeModel(model, meta)
 
 def open_model(
-    fname, # `*.safetensors`/`*.json`/run folder (safe) or `*.pkl` (fastai pickle: trusted files only)
-)->'SafeModel|Learner':
+    fname, # `*.safetensors`/`*.json`/run folder (safe), a `heartnb cv` folder (its fold models, an `Ensemble`), or `*.pkl` (fastai pickle: trusted files only)
+)->'SafeModel|Ensemble|Learner':
     "Load a model by its file name: the safe loader for safetensors, `load_model` (pickle) only for `.pkl`."
     fname = Path(fname)
-    return load_model(fname) if fname.suffix == '.pkl' else load_safe(fname)
+    if fname.suffix == '.pkl': return load_model(fname)
+    if fname.is_dir() and not (fname/'model.safetensors').exists() and (folds := sorted(fname.glob('fold*/model.safetensors'))):
+        return Ensemble([load_safe(f) for f in folds])
+    return load_safe(fname)
 
-def predict_wavs(
-    learn,          # a `SafeModel` (from `load_safe`) or a `Learner` (from `load_model`, or trained with `heartnb_spec`)
+def wav_images(
+    model,          # a `SafeModel`, `Ensemble` or `Learner` (for its spectrogram settings and windows)
+    wav,            # a WAV file
+)->list:            # uint8 images (size, size): one per window, or one for the whole recording
+    "The images a model sees for a recording, made with the settings stored in the model. Raises `AudioError`."
+    spec = dict(model.heartnb_spec); size = spec.pop('size')
+    cfg,win = SpecConfig(**spec),getattr(model, 'window', getattr(model, 'heartnb_window', None))
+    return wav_windows(wav, cfg, size, win['seconds'], win['hop']) if win else [wav2image(wav, cfg, size)]
+
+def predict_probs(
+    model,          # a `SafeModel`, `Ensemble` or `Learner` (from `load_model`)
     wavs:list,      # WAV files
     bs:int=16,      # images per batch
+    tta:int=0,      # extra time-shifted passes per image (test-time augmentation, see `tta_shifts`)
+)->torch.Tensor:    # class probabilities, shape (len(wavs), n_classes), classes in `model.vocab` order
+    "Class probabilities of whole recordings: the mean over a recording's windows (if the model uses windows) and TTA passes."
+    if isinstance(model, Learner): model = SafeModel.from_learner(model)
+    imgs = [wav_images(model, w) for w in wavs]
+    flat = [im for ims in imgs for im in ims]
+    probs = model.predict_images(flat, bs, tta)
+    ends = np.cumsum([0]+[len(ims) for ims in imgs])
+    return torch.stack([probs[a:b].mean(0) for a,b in zip(ends[:-1], ends[1:])]) if len(wavs) else torch.zeros(0, len(model.vocab))
+
+def predict_wavs(
+    learn,          # a `SafeModel` (from `load_safe`), an `Ensemble` or a `Learner` (from `load_model`, or trained with `heartnb_spec`)
+    wavs:list,      # WAV files
+    bs:int=16,      # images per batch
+    tta:int=0,      # extra time-shifted passes per image (test-time augmentation)
 )->list:            # one dict per file: {'file', 'label', 'probabilities': {class: p}}
     "Classify raw WAV recordings with the spectrogram settings stored in the model. Raises `AudioError` naming a bad file."
-    spec = dict(learn.heartnb_spec); size = spec.pop('size')
-    cfg = SpecConfig(**spec)
-    imgs = [wav2image(w, cfg, size) for w in wavs]
-    if isinstance(learn, SafeModel): probs,vocab = learn.predict_images(imgs, bs),learn.vocab
-    else:
-        dl = learn.dls.test_dl(imgs, rm_type_tfms=1, bs=bs, num_workers=0)
-        with learn.no_bar(): probs,_ = learn.get_preds(dl=dl)
-        vocab = list(learn.dls.vocab)
+    probs = predict_probs(learn, wavs, bs, tta)
+    vocab = list(map(str, learn.dls.vocab)) if isinstance(learn, Learner) else learn.vocab
     return [dict(file=str(w), label=vocab[int(p.argmax())], probabilities={c: float(p[i]) for i,c in enumerate(vocab)})
             for w,p in zip(wavs, probs)]

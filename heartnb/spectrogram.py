@@ -18,7 +18,7 @@ from .data import HeartnbError, DatasetError
 # %% auto #0
 __all__ = ['PRESETS', 'SpecConfig', 'spec_config', 'AudioError', 'load_audio', 'mel_basis', 'stft', 'melspec_db', 'spec_image',
            'wav2image', 'ConversionError', 'atomic_write', 'save_png', 'png_name', 'spectrogram_images',
-           'load_manifest']
+           'load_manifest', 'window_frames', 'window_starts', 'window_image', 'wav_windows']
 
 # %% ../nbs/01_spectrogram.ipynb #05899e81
 @dataclass(frozen=True)
@@ -244,3 +244,49 @@ def load_manifest(
     man = pd.read_csv(out/'manifest.csv', dtype={'patient':str, 'label':str, 'sublabel':str}, keep_default_na=False)
     man['png'] = [str(out/p) for p in man.png]
     return man
+
+# %% ../nbs/01_spectrogram.ipynb #48928526
+def window_frames(
+    seconds:float,   # duration, s
+    cfg='heart',     # a `SpecConfig` or preset name (for `sr` and `hop_length`)
+)->int:              # number of spectrogram frames, at least 1
+    "Spectrogram frames spanning `seconds` at the hop length of `cfg`."
+    cfg = spec_config(cfg)
+    return max(1, int(round(seconds*cfg.sr/cfg.hop_length)))
+
+def window_starts(
+    n_frames:int,    # frames of the recording's spectrogram
+    win:int,         # frames per window
+    hop:int,         # frames between window starts
+)->list:             # start frame of each window
+    "Where the windows start: every `hop` frames, the last one moved back to end at the last frame; `[0]` for a recording no longer than one window."
+    if win < 1 or hop < 1: raise ValueError(f"window ({win}) and hop ({hop}) must be at least one frame")
+    if n_frames <= win: return [0]
+    starts = list(range(0, n_frames-win+1, hop))
+    if starts[-1] != n_frames-win: starts.append(n_frames-win)
+    return starts
+
+def window_image(
+    img:np.ndarray,  # native-resolution spectrogram image, uint8, shape (n_mels, n_frames), from `spec_image(..., size=None)`
+    start:int,       # first frame of the window
+    win:int,         # frames per window
+    size:int=512,    # side of the square output image, pixels
+)->np.ndarray:       # uint8, shape (size, size)
+    "The `size×size` image of frames `[start, start+win)`, padded on the right with 0 (the -top_db floor) if the recording ends first."
+    x = np.asarray(img)[:, start:start+win]
+    if x.shape[1] < win: x = np.pad(x, ((0,0), (0, win-x.shape[1])))
+    return np.asarray(Image.fromarray(np.ascontiguousarray(x)).resize((size, size), Image.BILINEAR))
+
+def wav_windows(
+    path,                 # a WAV file
+    cfg='heart',          # a `SpecConfig` or preset name
+    size:int=512,         # side of each window image, pixels
+    window:float=3.,      # window duration, s
+    window_hop:float=1.5, # time between window starts, s
+)->list:                  # uint8 images, each (size, size), in time order
+    "The window images of a recording: `load_audio` → `melspec_db` → native image → `window_image` at each `window_starts`. Raises `AudioError`."
+    cfg = spec_config(cfg)
+    y,_ = load_audio(path, cfg.sr)
+    native = spec_image(melspec_db(y, cfg), cfg.top_db, None)
+    win = window_frames(window, cfg)
+    return [window_image(native, s, win, size) for s in window_starts(native.shape[1], win, window_frames(window_hop, cfg))]

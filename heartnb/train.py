@@ -12,14 +12,15 @@ import numpy as np, pandas as pd, torch, torchvision
 import matplotlib.pyplot as plt
 from fastcore.basics import store_attr
 from fastai.vision.all import (vision_learner, error_rate, accuracy, create_body, model_meta, Learner, valley,
-                               Callback, Recorder, save_model, load_model)
+                               Callback, Recorder, save_model, load_model, CrossEntropyLossFlat)
 import fastai.vision.models as fvm
 from .data import HeartnbError
 from .spectrogram import atomic_write
 
 # %% auto #0
 __all__ = ['OFFLINE_ENV', 'WeightsUnavailableError', 'get_arch', 'imagenet_weights_file', 'ensure_imagenet_weights',
-           'load_body_weights', 'heart_learner', 'find_lr', 'TrainState', 'EpochCheckpoint', 'train_heart']
+           'load_body_weights', 'class_loss_weights', 'heart_learner', 'find_lr', 'TrainState', 'EpochCheckpoint',
+           'train_heart']
 
 # %% ../nbs/03_train.ipynb #ccc05442
 class WeightsUnavailableError(HeartnbError, RuntimeError):
@@ -69,16 +70,29 @@ def load_body_weights(learn:Learner, fname, arch='resnet34')->Learner:
     learn.freeze()
     return learn
 
+def class_loss_weights(
+    dls,                    # DataLoaders with a category target
+)->torch.Tensor:            # weight of each class in `dls.vocab` order, shape (n_classes,)
+    """scikit-learn's 'balanced' class weights `n / (n_classes * n_c)` from the training labels: each class adds the
+    same total to the loss. A class absent from training gets weight 0. (King & Zeng 2001; `compute_class_weight`.)"""
+    tl = dls.train_ds.tls[1]                     # the encoded targets, without loading any image
+    y = np.array([int(tl[i]) for i in range(len(tl))], dtype=int)
+    counts = np.bincount(y, minlength=len(dls.vocab)).astype(float)
+    w = np.where(counts > 0, len(y)/(len(dls.vocab)*np.maximum(counts, 1)), 0.)
+    return torch.tensor(w, dtype=torch.float32)
+
 def heart_learner(
     dls,                    # DataLoaders from `heart_dls`
     arch='resnet34',        # torchvision architecture name or function
     pretrained:bool=True,   # start from ImageNet weights (see above)?
     weights=None,           # path of a local torchvision checkpoint to start from instead of the hub cache
     metrics=(error_rate, accuracy), # fastai metrics shown each epoch
+    balance:str=None,       # 'weights': class-weighted cross-entropy (`class_loss_weights`); anything else: plain
     **kwargs,               # passed to `vision_learner`
 )->Learner:
     "A fastai `vision_learner` for heart-sound spectrograms, pretrained body frozen. Raises `WeightsUnavailableError`."
     f = get_arch(arch)
+    if balance == 'weights': kwargs['loss_func'] = CrossEntropyLossFlat(weight=class_loss_weights(dls).to(dls.device))
     if weights is not None:
         learn = vision_learner(dls, f, pretrained=False, metrics=list(metrics), **kwargs)
         load_body_weights(learn, weights, f)

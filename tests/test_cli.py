@@ -206,3 +206,43 @@ def test_real_data_smoke(tmp_path):
     assert r.returncode == 0, r.stderr
     res = json.loads(r.stdout)
     assert res[0]['file'] == wav and res[0]['label'] in m['classes']
+
+def test_evaluate_on_a_folder_with_some_files_missing(trained, synth, tmp_path):
+    part = tmp_path/'part'; shutil.copytree(synth, part)
+    for f in sorted((part/'set_b').glob('murmur*'))[:2]: f.unlink()
+    r = run('evaluate', trained, '--data', part, '--json')
+    assert r.returncode == 0, r.stderr
+    rep = json.loads(r.stdout)
+    n_labelled = 3*6 + 2                                   # clean + noisy; unlabelled recordings are not scored
+    assert rep['n_recordings'] == n_labelled - 2 and np.array(rep['confusion_matrix']).sum() == n_labelled - 2
+    assert rep['classes'] == ['extrastole','murmur','normal'] and set(rep['per_class']) == set(rep['classes'])
+    assert json.loads(run('evaluate', trained, '--data', part, '--json', '--clean-only').stdout)['n_recordings'] == 18 - 2
+    rc,txt = run_cli('evaluate', trained, '--data', part, '--subset', 'a')
+    assert rc == 1 and 'set_a.csv' in txt and 'Traceback' not in txt
+
+def test_cv_command_and_ensemble(synth, tmp_path):
+    out = tmp_path/'cv'
+    rc,txt = run_cli('cv', '--data', synth, '--out', out, '--k', 2, '--size', 32, '--bs', 8, '--freeze-epochs', 1, '--epochs', 1,
+                     '--lr', 3e-3, '--no-pretrained', '--workers', 0, '--balance', 'weights')
+    assert rc == 0, txt
+    assert '2-fold patient cross-validation' in txt and '±' in txt
+    cv = json.loads((out/'cv.json').read_text())
+    assert len(cv['folds']) == 2 and cv['settings']['balance'] == 'weights'
+    oof = pd.read_csv(out/'oof.csv', dtype={'patient': str})
+    assert oof.path.is_unique and oof.groupby('patient').fold.nunique().max() == 1
+    r = run('evaluate', out, '--data', synth, '--json', '--tta', 2)   # the fold models as an ensemble
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)['tta'] == 2
+
+@real
+def test_real_data_evaluate_and_set_a(tmp_path):
+    out = tmp_path/'a'
+    rc,txt = run_cli('cv', '--out', out, '--subset', 'a', '--limit', 24, '--k', 2, '--size', 32, '--bs', 8, '--freeze-epochs', 1,
+                     '--epochs', 0, '--lr', 3e-3, '--no-pretrained')
+    assert rc == 0, txt
+    cv = json.loads((out/'cv.json').read_text())
+    assert cv['pooled']['classes'] == ['artifact','extrahls','murmur','normal'] and cv['pooled']['n'] == 24
+    r = run('evaluate', out/'fold0', '--subset', 'a', '--json')
+    assert r.returncode == 0, r.stderr
+    rep = json.loads(r.stdout)
+    assert rep['n_recordings'] == 105 and np.array(rep['confusion_matrix']).shape == (4,4)
