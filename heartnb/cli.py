@@ -1,4 +1,4 @@
-"""`heartnb train`, `heartnb spectrograms`, `heartnb predict`: thin commands over the functions of the earlier notebooks.
+"""`heartnb train`, `heartnb cv`, `heartnb evaluate`, `heartnb spectrograms`, `heartnb predict`: thin commands over the functions of the earlier notebooks.
 
 Docs: https://heartnb.github.io/heartnb/cli.html.md"""
 
@@ -205,7 +205,7 @@ def cv_job(
     if balance == 'none': balance = None
     if window and not window_hop: window_hop = window/2
     data = _preflight(data, arch, pretrained, weights)
-    settings = dict(data=str(data.absolute()), subset=subset, k=k, split=split, seed=seed, size=size, bs=bs,
+    settings = dict(data=str(data.resolve()), subset=subset, k=k, split=split, seed=seed, size=size, bs=bs,
                     freeze_epochs=freeze_epochs, epochs=epochs, lr=lr, arch=str(arch), pretrained=pretrained,
                     weights=str(weights) if weights else None, include_noisy=include_noisy, limit=limit,
                     preset=str(preset), num_it=num_it, window=window, window_hop=window_hop, balance=balance,
