@@ -6,8 +6,8 @@ Docs: https://heartnb.github.io/heartnb/audio.html.md"""
 
 # %% ../nbs/08_audio.ipynb #4908dea7
 from __future__ import annotations
-import numpy as np, torch
-from .spectrogram import SpecConfig, spec_config, mel_basis
+import torch
+from .spectrogram import spec_config, mel_basis
 
 # %% auto #0
 __all__ = ['MelSpecDB']

@@ -9,14 +9,14 @@ from __future__ import annotations
 import numpy as np, pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 from PIL import Image
-from fastai.vision.all import (DataBlock, ImageBlock, CategoryBlock, ColReader, RandomSplitter, IndexSplitter, Resize,
+from fastai.vision.all import (DataBlock, ImageBlock, CategoryBlock, ColReader, RandomSplitter, Resize,
                                Normalize, imagenet_stats, DataLoaders, PILImage)
 from fastai.callback.data import *  # `DataBlock.weighted_dataloaders`
-from .spectrogram import window_frames, window_starts, window_image, spec_config
+from .spectrogram import window_frames, window_starts, window_image
 
 # %% auto #0
-__all__ = ['PatientSplitter', 'heart_splitter', 'window_items', 'WindowReader', 'class_balance_weights', 'heart_dblock',
-           'heart_dls']
+__all__ = ['PatientSplitter', 'group_col', 'heart_splitter', 'window_items', 'WindowReader', 'class_balance_weights',
+           'heart_dblock', 'heart_dls']
 
 # %% ../nbs/02_dataloaders.ipynb #6e7d20d0
 def PatientSplitter(
@@ -33,6 +33,11 @@ def PatientSplitter(
         tr,va = next(sgkf.split(np.zeros(len(df)), df[label_col].values, df[group_col].values))
         return list(tr), list(va)
     return _inner
+
+def group_col(split:str)->str:
+    "The column no group may straddle in a grouped split: 'patient' for `split='patient'`, the recording ('path') for 'random'."
+    if split not in ('random', 'patient'): raise ValueError(f"split must be 'random' or 'patient', not {split!r}")
+    return 'patient' if split=='patient' else 'path'
 
 def heart_splitter(split:str='random', valid_pct:float=0.3, seed:int=42):
     "The splitter for `split`: 'random' (per file, fastai's `RandomSplitter`) or 'patient' (`PatientSplitter`)."
@@ -82,9 +87,7 @@ def heart_dblock(
 )->DataBlock:
     "The heartnb `DataBlock`: (PNG spectrogram or window → `ImageBlock`, label → `CategoryBlock`) over a manifest DataFrame."
     if splitter is None:
-        if windows and split not in ('random','patient'): raise ValueError(f"split must be 'random' or 'patient', not {split!r}")
-        splitter = (PatientSplitter(valid_pct, seed, group_col='patient' if split=='patient' else 'path') if windows
-                    else heart_splitter(split, valid_pct, seed))
+        splitter = (PatientSplitter(valid_pct, seed, group_col=group_col(split)) if windows else heart_splitter(split, valid_pct, seed))
     return DataBlock(blocks=(ImageBlock, CategoryBlock(vocab=vocab)),
                      get_x=WindowReader(size) if windows else ColReader('png'), get_y=ColReader('label'),
                      splitter=splitter,

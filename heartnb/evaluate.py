@@ -10,18 +10,14 @@ import numpy as np, pandas as pd, torch
 from sklearn.model_selection import StratifiedGroupKFold
 from .data import HeartnbError, index_dataset
 from .interpret import classification_report
-from .predict import predict_probs
+from .predict import predict_probs, as_predictor
+from .dataloaders import group_col
 
 # %% auto #0
-__all__ = ['group_col', 'cv_folds', 'holdout_split', 'recording_probs', 'learner_report', 'evaluate_model', 'summarize_reports',
+__all__ = ['cv_folds', 'holdout_split', 'recording_probs', 'learner_report', 'evaluate_model', 'summarize_reports',
            'majority_baseline', 'format_report']
 
 # %% ../nbs/05a_evaluate.ipynb #162ceaf7
-def group_col(split:str)->str:
-    "The column that must not be shared across a split: 'patient' for `split='patient'`, the recording ('path') for 'random'."
-    if split not in ('random', 'patient'): raise ValueError(f"split must be 'random' or 'patient', not {split!r}")
-    return 'patient' if split=='patient' else 'path'
-
 def cv_folds(
     df:pd.DataFrame,     # recordings, with `label`, `path` and `patient` (from `index_dataset`)
     k:int=5,             # number of folds
@@ -53,12 +49,8 @@ def recording_probs(
     probs,              # class probabilities of those rows, shape (len(items), n_classes)
 )->tuple:               # (recordings DataFrame with `path`, `label`; probabilities tensor, shape (n_recordings, n_classes))
     "Average the probabilities of each recording's rows, recordings in order of first appearance."
-    probs = torch.as_tensor(probs)
-    codes,paths = pd.factorize(items.path.values)
-    out = torch.zeros(len(paths), probs.shape[1]).index_add_(0, torch.as_tensor(codes), probs.float())
-    out /= torch.as_tensor(np.bincount(codes, minlength=len(paths)), dtype=torch.float32)[:,None]
-    recs = items.drop_duplicates('path').reset_index(drop=True)
-    return recs, out
+    mean = pd.DataFrame(np.asarray(probs, dtype=np.float32)).groupby(items.path.values, sort=False).mean()
+    return items.drop_duplicates('path').reset_index(drop=True), torch.from_numpy(mean.to_numpy())
 
 def learner_report(
     learn,              # a trained `Learner`
@@ -85,7 +77,8 @@ def evaluate_model(
     "Run `model` on every labelled recording of `subset` in `data` and report the metrics. Raises `HeartnbError` if there are none or a label is not one of the model's classes."
     df = index_dataset(data, subset, include_noisy=include_noisy, missing='drop')
     if not len(df): raise HeartnbError(f"no labelled set_{subset} recordings found in {data or 'HEARTNB_DATA'}: check --data and --subset.")
-    vocab = list(model.dls.vocab) if hasattr(model, 'dls') else list(model.vocab)
+    model = as_predictor(model)
+    vocab = list(model.vocab)
     if odd := sorted(set(df.label) - set(vocab)):
         raise HeartnbError(f"set_{subset} has labels {odd} that the model does not know (its classes: {vocab}): evaluate it on the subset it was trained on.")
     probs = predict_probs(model, df.path.tolist(), bs, tta)

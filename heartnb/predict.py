@@ -15,14 +15,15 @@ from .spectrogram import spec_config, wav2image, wav_windows, SpecConfig, atomic
 
 # %% auto #0
 __all__ = ['SAFE_FORMAT', 'export_model', 'load_model', 'UnsafeModelError', 'export_safe', 'tta_shifts', 'SafeModel', 'Ensemble',
-           'load_safe', 'open_model', 'wav_images', 'predict_probs', 'predict_wavs']
+           'load_safe', 'open_model', 'as_predictor', 'wav_images', 'predict_probs', 'predict_wavs']
 
 # %% ../nbs/05_predict.ipynb #71560752
 def _window_meta(window, window_hop)->dict|None:
     "The `window` entry of a model's description: None (whole recordings) or {'seconds', 'hop'}"
     if not window: return None
-    if not (window > 0 and (window_hop or window) > 0): raise ValueError(f"window ({window}) and window_hop ({window_hop}) must be positive seconds")
-    return dict(seconds=float(window), hop=float(window_hop or window))
+    hop = window_hop or window/2
+    if not (window > 0 and hop > 0): raise ValueError(f"window ({window}) and window_hop ({window_hop}) must be positive seconds")
+    return dict(seconds=float(window), hop=float(hop))
 
 def export_model(learn:Learner, fname, cfg='heart', size:int=512,
                  window:float=None, window_hop:float=None, # fixed-duration windows it was trained on, s (None: whole recordings)
@@ -177,13 +178,19 @@ def open_model(
         return Ensemble([load_safe(f) for f in folds])
     return load_safe(fname)
 
+def as_predictor(
+    model, # a `SafeModel`, an `Ensemble`, or a `Learner` (from `load_model`, or trained and given `heartnb_spec`)
+)->'SafeModel|Ensemble':
+    "`model` itself, or for a `Learner` the `SafeModel` that predicts through the same steps (`SafeModel.from_learner`)."
+    return SafeModel.from_learner(model) if isinstance(model, Learner) else model
+
 def wav_images(
     model,          # a `SafeModel`, `Ensemble` or `Learner` (for its spectrogram settings and windows)
     wav,            # a WAV file
 )->list:            # uint8 images (size, size): one per window, or one for the whole recording
     "The images a model sees for a recording, made with the settings stored in the model. Raises `AudioError`."
     spec = dict(model.heartnb_spec); size = spec.pop('size')
-    cfg,win = SpecConfig(**spec),getattr(model, 'window', getattr(model, 'heartnb_window', None))
+    cfg,win = SpecConfig(**spec),as_predictor(model).window
     return wav_windows(wav, cfg, size, win['seconds'], win['hop']) if win else [wav2image(wav, cfg, size)]
 
 def predict_probs(
@@ -193,12 +200,11 @@ def predict_probs(
     tta:int=0,      # extra time-shifted passes per image (test-time augmentation, see `tta_shifts`)
 )->torch.Tensor:    # class probabilities, shape (len(wavs), n_classes), classes in `model.vocab` order
     "Class probabilities of whole recordings: the mean over a recording's windows (if the model uses windows) and TTA passes."
-    if isinstance(model, Learner): model = SafeModel.from_learner(model)
+    model = as_predictor(model)
+    if not len(wavs): return torch.zeros(0, len(model.vocab))
     imgs = [wav_images(model, w) for w in wavs]
-    flat = [im for ims in imgs for im in ims]
-    probs = model.predict_images(flat, bs, tta)
-    ends = np.cumsum([0]+[len(ims) for ims in imgs])
-    return torch.stack([probs[a:b].mean(0) for a,b in zip(ends[:-1], ends[1:])]) if len(wavs) else torch.zeros(0, len(model.vocab))
+    probs = model.predict_images([im for ims in imgs for im in ims], bs, tta)
+    return torch.stack([p.mean(0) for p in probs.split([len(ims) for ims in imgs])])
 
 def predict_wavs(
     learn,          # a `SafeModel` (from `load_safe`), an `Ensemble` or a `Learner` (from `load_model`, or trained with `heartnb_spec`)
@@ -207,7 +213,7 @@ def predict_wavs(
     tta:int=0,      # extra time-shifted passes per image (test-time augmentation)
 )->list:            # one dict per file: {'file', 'label', 'probabilities': {class: p}}
     "Classify raw WAV recordings with the spectrogram settings stored in the model. Raises `AudioError` naming a bad file."
-    probs = predict_probs(learn, wavs, bs, tta)
-    vocab = list(map(str, learn.dls.vocab)) if isinstance(learn, Learner) else learn.vocab
+    model = as_predictor(learn)
+    probs,vocab = predict_probs(model, wavs, bs, tta),model.vocab
     return [dict(file=str(w), label=vocab[int(p.argmax())], probabilities={c: float(p[i]) for i,c in enumerate(vocab)})
             for w,p in zip(wavs, probs)]
