@@ -103,28 +103,47 @@ def _learner(png_dir, bs, num_workers=0):
     dls = heart_dls(load_manifest(png_dir), 'random', 0.3, 42, 512, bs, num_workers=num_workers)
     return heart_learner(dls, pretrained=False)
 
+def _data_vs_step(learn, n_batches:int=8)->list:
+    "Mean seconds per training batch waiting for data and in forward + backward + optimizer step, frozen then unfrozen"
+    rows = []
+    for stage in ('frozen', 'unfrozen'):
+        learn.freeze() if stage=='frozen' else learn.unfreeze()
+        learn.model.train(); opt = learn.opt
+        it = iter(learn.dls.train); waits,steps = [],[]
+        for i in range(n_batches + 2):
+            t = time.perf_counter(); x,y = next(it); t1 = time.perf_counter()
+            loss = learn.loss_func(learn.model(x), y); loss.backward(); opt.step(); opt.zero_grad()
+            t2 = time.perf_counter()
+            if i >= 2: waits.append(t1-t); steps.append(t2-t1)   # the first two batches warm up
+        w,s = statistics.mean(waits),statistics.mean(steps)
+        rows.append(dict(stage=stage, data_s=w, step_s=s, data_share=f"{w/(w+s):.1%}", images_per_s=learn.dls.bs/(w+s)))
+    return rows
+
 def bench_pipeline(png_dir, n_batches:int=8):
     "Seconds per training batch spent waiting for data vs in forward + backward + optimizer step"
     import torch
     rows = []
     for bs in (4, 16):
         for nw in (0, 2):
-            learn = _learner(png_dir, bs, nw)
-            for stage in ('frozen', 'unfrozen'):
-                learn.freeze() if stage=='frozen' else learn.unfreeze()
-                learn.model.train(); opt = learn.opt
-                it = iter(learn.dls.train); waits,steps = [],[]
-                for i in range(n_batches + 2):
-                    t = time.perf_counter(); x,y = next(it); t1 = time.perf_counter()
-                    loss = learn.loss_func(learn.model(x), y); loss.backward(); opt.step(); opt.zero_grad()
-                    t2 = time.perf_counter()
-                    if i >= 2: waits.append(t1-t); steps.append(t2-t1)   # the first two batches warm up
-                w,s = statistics.mean(waits),statistics.mean(steps)
-                rows.append(dict(bs=bs, loader_workers=nw, stage=stage, data_s=w, step_s=s, data_share=f"{w/(w+s):.1%}",
-                                 images_per_s=bs/(w+s)))
+            rows += [dict(bs=bs, loader_workers=nw, **r) for r in _data_vs_step(_learner(png_dir, bs, nw), n_batches)]
     return "### Training input pipeline vs model step, 512 px, ResNet34, CPU\n\n" + \
         table(rows, ['bs','loader_workers','stage','data_s','step_s','data_share','images_per_s']) + \
         "\n\n`data_s`: seconds per batch waiting for the DataLoader (PNG decode, resize, normalise); `step_s`: forward, backward and optimizer step."
+
+def bench_pipeline_audio(df, n_batches:int=8):
+    "The same split of a training batch's time for the audio path: WAV read, crop, augment and spectrogram per batch (`audio_dls`)"
+    from fastai.vision.all import set_seed
+    from heartnb.audio.core import audio_dls, audio_learner
+    from heartnb.audio.augment import audio_augs
+    rows = []
+    for bs in (4, 16):
+        set_seed(42)
+        dls = audio_dls(df, size=512, bs=bs, augment=audio_augs(), num_workers=0)
+        rows += [dict(bs=bs, loader_workers=0, **r) for r in _data_vs_step(audio_learner(dls, pretrained=False), n_batches)]
+    return "### Audio path: input pipeline vs model step, 5 s clips, 512 px, 1 channel, ResNet34, CPU\n\n" + \
+        table(rows, ['bs','loader_workers','stage','data_s','step_s','data_share','images_per_s']) + \
+        "\n\n`data_s`: seconds per batch waiting for the DataLoader and its batch transforms: WAV read, tempo/pitch change, " + \
+        "crop, gain, noise, mel spectrogram in torch, resize to 512 px, time shift and masks, normalise."
 
 def bench_epochs(png_dir, bs:int=4):
     "Seconds of one real epoch (train + validation), frozen then unfrozen, 512 px"
@@ -164,7 +183,17 @@ def bench_predict(model_pkl, wavs, n_warm:int=10):
         table(rows, ['model','cold_s','warm_median_s','folder_files','folder_files_per_s']) + \
         "\n\n`cold_s`: process start to answer (`heartnb predict MODEL one.wav`); `warm_median_s`: `predict_wavs` with the model loaded."
 
-SECTIONS = ('conversion','memory','pipeline','epochs','predict')
+def merge_sections(fn:Path, parts:list)->list:
+    "The new report parts, with the sections of an existing report `fn` that were not rerun kept in their place (matched by heading)"
+    if not fn.exists(): return parts
+    head = lambda t: t.strip().splitlines()[0] if t.strip() else ''
+    old = fn.read_text().split('\n### ')
+    old = [old[0]] + ['### ' + o for o in old[1:]]
+    new = {head(p): p for p in parts[1:]}
+    kept = [new.pop(head(o), o) for o in old[1:]]
+    return [parts[0], *kept, *new.values()]
+
+SECTIONS = ('conversion','memory','pipeline','pipeline_audio','epochs','predict')
 
 @call_parse
 def main(
@@ -172,7 +201,7 @@ def main(
     only:str=','.join(SECTIONS), # comma-separated sections to run
     png:str=None,             # folder of 512 px set_b PNGs with manifest.csv (default: made by the conversion section)
     model:str=None,           # a 512 px model.pkl for the predict section (default: trained briefly here)
-    out:str=str(HERE/'results.md'), # markdown report to write
+    out:str=str(HERE/'results.md'), # markdown report to write; with --only, its other sections are kept
 ):
     "Run the heartnb benchmarks and write a markdown report"
     from heartnb.data import index_dataset
@@ -194,10 +223,11 @@ def main(
         if name=='conversion': txt = bench_conversion(df)
         elif name=='memory': txt = bench_memory(df)
         elif name=='pipeline': txt = bench_pipeline(png)
+        elif name=='pipeline_audio': txt = bench_pipeline_audio(index_dataset(data, 'b'))
         elif name=='epochs': txt = bench_epochs(png)
         elif name=='predict': txt = bench_predict(model, df.path.iloc[:50].tolist())
         else: raise SystemExit(f"unknown section {name!r}; choose from {SECTIONS}")
         txt += f"\n\n(section ran in {time.perf_counter()-t:.0f} s)\n"
         print(txt, flush=True); parts.append(txt)
-    Path(out).write_text('\n'.join(parts))
+    Path(out).write_text('\n'.join(merge_sections(Path(out), parts)))
     print(f"wrote {out}")

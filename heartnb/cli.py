@@ -48,9 +48,16 @@ def _fit(items, out:Path, o:dict, splitter=None, progress:bool=True, checkpoints
     from heartnb.dataloaders import heart_dls
     from heartnb.train import heart_learner, train_heart
     set_seed(o['seed'], reproducible=True)
-    dls = heart_dls(items, o['split'], o['valid_pct'], o['seed'], o['size'], o['bs'], windows=bool(o['window']),
-                    balance=o['balance'], splitter=splitter)
-    learn = heart_learner(dls, o['arch'], pretrained=o['pretrained'], weights=o['weights'], path=out, balance=o['balance'])
+    if o.get('input') == 'audio':                      # recordings in, spectrograms computed per batch
+        from heartnb.audio.core import audio_dls
+        from heartnb.audio.augment import audio_augs
+        dls = audio_dls(items, o['preset'], o['duration'], o['size'], o['channels'], o['split'], o['valid_pct'], o['seed'],
+                        o['bs'], augment=audio_augs() if o['augment'] else None, balance=o['balance'], splitter=splitter)
+    else:
+        dls = heart_dls(items, o['split'], o['valid_pct'], o['seed'], o['size'], o['bs'], windows=bool(o['window']),
+                        balance=o['balance'], splitter=splitter)
+    learn = heart_learner(dls, o['arch'], pretrained=o['pretrained'], weights=o['weights'], path=out, balance=o['balance'],
+                          n_in=o.get('channels') or 3)
     if not progress: learn.remove_cb(ProgressCallback)
     res = train_heart(learn, o['freeze_epochs'], o['epochs'], o['lr'], o.get('lr_mult') or 100, out=out, num_it=o['num_it'],
                       checkpoints=checkpoints, resume=resume)
@@ -70,6 +77,18 @@ def _preflight(data, arch, pretrained, weights):
     get_arch(arch)
     if pretrained and not weights: ensure_imagenet_weights(arch)
     return data
+
+def _input_settings(input:str='png', duration:float=5., channels:int=1, augment:bool=False, window:float=None)->dict:
+    "Check the input options; the settings they add to a run's `settings.json` (none for the PNG path, so older runs resume)"
+    if input not in ('png', 'audio'): raise HeartnbError(f"input must be 'png' or 'audio', not {input!r}")
+    if input == 'png':
+        if (duration, channels, augment) != (5., 1, False):
+            raise HeartnbError("--duration, --channels and --augment apply to --input audio; the PNG path uses whole recordings (or --window)")
+        return {}
+    if window: raise HeartnbError("--window cuts PNG spectrograms; with --input audio every example is --duration seconds of audio (random crops in training)")
+    if channels not in (1, 3): raise HeartnbError(f"channels must be 1 or 3, not {channels}")
+    if not duration or duration <= 0: raise HeartnbError(f"duration must be a positive number of seconds, not {duration}")
+    return dict(input='audio', duration=float(duration), channels=int(channels), augment=bool(augment))
 
 def _versions():
     import torch, fastai
@@ -104,9 +123,14 @@ def train_job(
     window_hop:float=None,     # time between window starts, s (default: half the window)
     balance:str=None,          # class imbalance: None, 'weights' (weighted loss) or 'oversample'
     lr_mult:float=100,         # discriminative LRs: the first layers train at the top rate / `lr_mult` (1 for a random-init body)
+    input:str='png',           # 'png': spectrogram images written first (the seed's pipeline); 'audio': WAVs in, spectrograms per batch
+    duration:float=5.,         # 'audio': seconds per example (random crop in training, centred otherwise; shorter ones padded)
+    channels:int=1,            # 'audio': 1 (first convolution adapted) or 3 (RGB repeat)
+    augment:bool=False,        # 'audio': training augmentations (`audio_augs`; off by default, see `10_audio_vs_png`)
 )->dict:                       # the contents of `metrics.json`
     """The main job: index → PNGs → DataLoaders → lr_find → frozen and unfrozen one-cycle → interpretation → export.
-    With `window`, the metrics are per recording (windows averaged). Raises `HeartnbError` (bad data, weights
+    With `input='audio'` the PNG step is skipped: the DataLoaders read the WAVs (`audio_dls`). With `window`, the
+    metrics are per recording (windows averaged). Raises `HeartnbError` (bad data or options, weights
     unavailable, or `resume` with other settings than the interrupted run)."""
     times,t0 = {},time.time()
     data = data_path(data)
@@ -120,6 +144,7 @@ def train_job(
     if window: settings.update(window=window, window_hop=window_hop)   # (absent when unused: older run folders resume)
     if balance: settings.update(balance=balance)
     if lr_mult != 100: settings.update(lr_mult=lr_mult)
+    settings.update(_input_settings(input, duration, channels, augment, window))
     ck,done,sfn = out/'checkpoints',out/'metrics.json',out/'settings.json'
     if resume and sfn.exists():
         _check_settings(sfn, settings, out)
@@ -135,15 +160,16 @@ def train_job(
     done.unlink(missing_ok=True)
     df = stratified_sample(index_dataset(data, subset, include_noisy=include_noisy), limit, seed)
     times['index'] = time.time()-t0; t = time.time()
-    items = prepare_items(df, png or out/'spectrograms', preset, size, window, window_hop, workers, progress)
+    items = df if input == 'audio' else prepare_items(df, png or out/'spectrograms', preset, size, window, window_hop, workers, progress)
     times['spectrograms'] = time.time()-t; t = time.time()
     o = dict(settings, window=window, window_hop=window_hop, balance=balance, weights=weights, lr_mult=lr_mult)
     learn,res = _fit(items, out, o, progress=progress, checkpoints=ck, resume=resume)
     times.update(res['times']); t = time.time()
     rep = interpret(learn, out)          # figures; per image (per window with windows)
-    if window:                           # the metrics count recordings: average each recording's windows
-        win_rep = rep
-        rep,_ = learner_report(learn)
+    rec_rep,pred = learner_report(learn) # per recording (each recording's windows averaged)
+    atomic_write(out/'predictions.csv', lambda f: pred.to_csv(f, index=False))
+    if window:                           # the metrics count recordings
+        win_rep,rep = rep,rec_rep
         plt.close(plot_confusion(rep['confusion_matrix'], rep['classes'], out/'confusion_matrix.png', 'Confusion matrix (recordings)'))
     times['interpret'] = time.time()-t; t = time.time()
     export_safe(learn, out/'model.safetensors', preset, size, window, window_hop)
@@ -159,6 +185,7 @@ def train_job(
                    window=dict(seconds=window, hop=window_hop, n_train=len(learn.dls.train_ds), n_valid=len(vitems),
                                window_accuracy=win_rep['accuracy']) if window else None,
                    spectrogram=dict(spec_config(preset).to_dict(), preset=preset if isinstance(preset, str) else 'custom'),
+                   input=input, audio={k: settings[k] for k in ('duration','channels','augment')} if input == 'audio' else None,
                    seconds=times, resumed=res['resumed'] or None, **_versions())
     atomic_write(done, lambda t: Path(t).write_text(jsonlib.dumps(metrics, indent=2)))
     shutil.rmtree(ck)                     # complete: the checkpoints (hundreds of MB) are no longer needed
@@ -193,6 +220,10 @@ def cv_job(
     tta:int=0,                 # also score the test set with this many test-time augmentation passes
     progress:bool=True,        # progress bars
     lr_mult:float=100,         # discriminative LRs: first layers at the top rate / `lr_mult`
+    input:str='png',           # 'png' or 'audio' (see `train_job`)
+    duration:float=5.,         # 'audio': seconds per example
+    channels:int=1,            # 'audio': 1 or 3 channels
+    augment:bool=False,        # 'audio': training augmentations
 )->dict:                       # the contents of `cv.json`
     "k-fold cross-validation of the training recipe; see above. Raises `HeartnbError` for bad data or another run's folder."
     import numpy as np, torch
@@ -210,6 +241,7 @@ def cv_job(
                     weights=str(weights) if weights else None, include_noisy=include_noisy, limit=limit,
                     preset=str(preset), num_it=num_it, window=window, window_hop=window_hop, balance=balance,
                     test_pct=test_pct, tta=tta, lr_mult=lr_mult)
+    settings.update(_input_settings(input, duration, channels, augment, window))
     sfn = out/'settings.json'
     if sfn.exists(): _check_settings(sfn, settings, out)
     out.mkdir(parents=True, exist_ok=True)
@@ -218,7 +250,7 @@ def cv_job(
     test = None
     if test_pct: df,test = holdout_split(df, test_pct, split, seed)
     fold_of = dict(zip(df.path, cv_folds(df, k, split, seed)))
-    items = prepare_items(df, png or out/'spectrograms', preset, size, window, window_hop, workers, progress)
+    items = df if input == 'audio' else prepare_items(df, png or out/'spectrograms', preset, size, window, window_hop, workers, progress)
     ifold = items.path.map(fold_of).to_numpy()
     o = dict(settings, valid_pct=1/k, weights=weights)
     reports,oof,seconds = [],[],[]
@@ -277,7 +309,7 @@ def _cli(f):
 @call_parse
 @_cli
 def heartnb_train(
-    out:Annotated[str, "run folder for model.safetensors/.json, model.pkl, metrics.json, figures, history.csv", dict(opt=True, required=True)],
+    out:Annotated[str, "run folder for model.safetensors/.json, model.pkl, metrics.json, predictions.csv, figures, history.csv", dict(opt=True, required=True)],
     data:str=None,             # dataset folder (default: $HEARTNB_DATA)
     subset:Annotated[str, "'b': normal/murmur/extrastole; 'a': normal/murmur/extrahls/artifact", dict(choices=['b','a'])]='b',
     size:int=512,              # image side, pixels
@@ -302,11 +334,16 @@ def heartnb_train(
     window_hop:float=None,     # seconds between window starts (default: half the window)
     balance:Annotated[str, "class imbalance: 'weights' (class-weighted loss) or 'oversample' (minority classes drawn more often)", dict(choices=['none','weights','oversample'])]='none',
     lr_mult:float=100,         # discriminative LRs: first layers at the top rate / LR_MULT (1 suits a randomly initialised body)
+    input:Annotated[str, "'png': write spectrogram PNGs, train on them (the seed's pipeline); 'audio': read the WAVs, spectrograms per batch", dict(choices=['png','audio'])]='png',
+    duration:float=5.,         # --input audio: seconds of audio per example (random crop in training, centred otherwise)
+    channels:Annotated[int, "--input audio: 1 (first convolution adapted) or 3 (RGB repeat)", dict(choices=[1,3])]=1,
+    augment:bool=False,        # --input audio: augment training batches (tempo, pitch, gain, noise, time shift, SpecAugment)
 ):
     "Train a heart-sound classifier end to end from a dataset folder and write the run folder."
     m = train_job(out, data, subset, size, bs, valid_pct, split, seed, freeze_epochs, epochs, lr, arch, pretrained, weights,
                   include_noisy, limit, preset, png, workers, num_it, resume=resume, window=window, window_hop=window_hop,
-                  balance=None if balance=='none' else balance, lr_mult=lr_mult)
+                  balance=None if balance=='none' else balance, lr_mult=lr_mult, input=input, duration=duration,
+                  channels=channels, augment=augment)
     if m.get('resumed'): print(f"resumed after {m['resumed']} epochs")
     print(f"accuracy {m['accuracy']:.3f}  macro-F1 {m['macro_f1']:.3f}  balanced accuracy {m['balanced_accuracy']:.3f}  "
           f"({m['n_valid']} validation recordings, {split} split); wrote {Path(out)/'metrics.json'}")
@@ -399,11 +436,15 @@ def heartnb_cv(
     test_pct:float=0,          # hold out this share (patient-disjoint) to score the fold models and their ensemble
     tta:int=0,                 # test-time augmentation passes for the held-out test set
     lr_mult:float=100,         # discriminative LRs: first layers at the top rate / LR_MULT
+    input:Annotated[str, "'png' (spectrogram images) or 'audio' (WAVs, spectrograms per batch)", dict(choices=['png','audio'])]='png',
+    duration:float=5.,         # --input audio: seconds of audio per example
+    channels:Annotated[int, "--input audio: 1 or 3 channels", dict(choices=[1,3])]=1,
+    augment:bool=False,        # --input audio: augment training batches (tempo, pitch, gain, noise, time shift, SpecAugment)
 ):
     "k-fold cross-validation (stratified, grouped by patient): mean ± std of the metrics over folds, fold models for an ensemble."
     r = cv_job(out, data, subset, k, split, seed, size, bs, freeze_epochs, epochs, lr, arch, pretrained, weights, include_noisy,
                limit, preset, png, workers, num_it, window, window_hop, None if balance=='none' else balance, test_pct, tta,
-               lr_mult=lr_mult)
+               lr_mult=lr_mult, input=input, duration=duration, channels=channels, augment=augment)
     s,b = r['summary'],r['baseline']
     print(f"{k}-fold {split} cross-validation on set_{subset} ({r['n_recordings']} recordings), mean ± std over folds:\n"
           f"  accuracy {_ms(s,'accuracy')}  balanced accuracy {_ms(s,'balanced_accuracy')}  macro-F1 {_ms(s,'macro_f1')}\n"

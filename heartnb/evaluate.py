@@ -50,7 +50,7 @@ def recording_probs(
 )->tuple:               # (recordings DataFrame with `path`, `label`; probabilities tensor, shape (n_recordings, n_classes))
     "Average the probabilities of each recording's rows, recordings in order of first appearance."
     mean = pd.DataFrame(np.asarray(probs, dtype=np.float32)).groupby(items.path.values, sort=False).mean()
-    return items.drop_duplicates('path').reset_index(drop=True), torch.from_numpy(mean.to_numpy())
+    return items.drop_duplicates('path').reset_index(drop=True), torch.tensor(mean.to_numpy())
 
 def learner_report(
     learn,              # a trained `Learner`

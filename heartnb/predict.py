@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np, torch
 from fastai.vision.all import load_learner, Learner, Normalize, create_vision_model, imagenet_stats
 from .data import HeartnbError
-from .spectrogram import spec_config, wav2image, wav_windows, SpecConfig, atomic_write
+from .spectrogram import spec_config, wav2image, wav_windows, SpecConfig, atomic_write, load_audio
 
 # %% auto #0
 __all__ = ['SAFE_FORMAT', 'export_model', 'load_model', 'UnsafeModelError', 'export_safe', 'tta_shifts', 'SafeModel', 'Ensemble',
@@ -25,12 +25,18 @@ def _window_meta(window, window_hop)->dict|None:
     if not (window > 0 and hop > 0): raise ValueError(f"window ({window}) and window_hop ({window_hop}) must be positive seconds")
     return dict(seconds=float(window), hop=float(hop))
 
+def _audio_meta(learn)->dict|None:
+    "The `audio` entry of a model's description: None for a model trained on PNGs, {'duration', 'channels'} for one trained on audio (`audio_dls`)"
+    a = getattr(learn.dls, 'heartnb_audio', None) or getattr(learn, 'heartnb_audio', None)
+    return dict(duration=float(a['duration']), channels=int(a['channels'])) if a else None
+
 def export_model(learn:Learner, fname, cfg='heart', size:int=512,
                  window:float=None, window_hop:float=None, # fixed-duration windows it was trained on, s (None: whole recordings)
                 )->Path:
     "Export `learn` (fastai pickle) to `fname` with the spectrogram settings `cfg`, image `size` and windows it was trained on."
     learn.heartnb_spec = dict(spec_config(cfg).to_dict(), size=size)
     learn.heartnb_window = _window_meta(window, window_hop)
+    learn.heartnb_audio = _audio_meta(learn)
     fname = Path(fname); fname.parent.mkdir(parents=True, exist_ok=True)
     learn.export(fname.absolute())
     return fname
@@ -67,9 +73,11 @@ def export_safe(
     fname = Path(fname)
     if fname.suffix != '.safetensors': raise ValueError(f"{fname}: the weights file must end in .safetensors")
     mean,std = _norm_stats(learn)
-    meta = dict(format=SAFE_FORMAT, arch=learn.arch.__name__, n_in=3, classes=list(map(str, learn.dls.vocab)),
+    audio = _audio_meta(learn)
+    meta = dict(format=SAFE_FORMAT, arch=learn.arch.__name__, n_in=audio['channels'] if audio else 3, classes=list(map(str, learn.dls.vocab)),
                 spectrogram=spec_config(cfg).to_dict(), size=size, normalize=dict(mean=mean, std=std),
-                window=_window_meta(window, window_hop), pretrained=getattr(learn, 'heartnb_pretrained', None))
+                window=_window_meta(window, window_hop), input='audio' if audio else 'png', audio=audio,
+                pretrained=getattr(learn, 'heartnb_pretrained', None))
     sd = {k: v.detach().cpu().contiguous() for k,v in learn.model.state_dict().items()}
     atomic_write(fname, lambda t: save_file(sd, t, metadata=dict(format=SAFE_FORMAT)))
     atomic_write(fname.with_suffix('.json'), lambda t: Path(t).write_text(json.dumps(meta, indent=2)))
@@ -83,14 +91,19 @@ def tta_shifts(
     return [round(j*width/(tta+1)) for j in range(tta+1)]
 
 class SafeModel:
-    "A heart-sound classifier: a plain torch module and what it needs to read a WAV (from `load_safe`, or a `Learner` via `SafeModel.from_learner`)."
+    """A heart-sound classifier: a plain torch module and what it needs to read a WAV (from `load_safe`, or a `Learner`
+    via `SafeModel.from_learner`). A model trained on audio (`meta['audio']`) computes its spectrograms itself
+    (`MelSpecImage`, on the model's device)."""
     def __init__(self, model:torch.nn.Module, meta:dict):
         self.model,self.meta = model.eval(),meta
         self.vocab = meta['classes']
         self.heartnb_spec = dict(meta['spectrogram'], size=meta['size'])
-        self.window = meta.get('window')
+        self.window,self.audio = meta.get('window'),meta.get('audio')
         self.mean = torch.tensor(meta['normalize']['mean']).view(1,-1,1,1)
         self.std = torch.tensor(meta['normalize']['std']).view(1,-1,1,1)
+        if self.audio:
+            from heartnb.audio.core import MelSpecImage
+            self.front = MelSpecImage(SpecConfig(**meta['spectrogram']), meta['size'], self.audio['channels'])
 
     @classmethod
     def from_learner(cls, learn:Learner):
@@ -98,20 +111,28 @@ class SafeModel:
         spec = dict(learn.heartnb_spec); size = spec.pop('size')
         mean,std = _norm_stats(learn)
         return cls(learn.model, dict(classes=list(map(str, learn.dls.vocab)), spectrogram=spec, size=size,
-                                     normalize=dict(mean=mean, std=std), window=getattr(learn, 'heartnb_window', None)))
+                                     normalize=dict(mean=mean, std=std), window=getattr(learn, 'heartnb_window', None),
+                                     audio=_audio_meta(learn)))
+
+    def inputs(self,
+        xs:list,   # uint8 spectrogram images (size, size) for a PNG-trained model; float32 waveforms of `audio['duration']` s for an audio one
+    )->torch.Tensor: # normalised model input, (len(xs), n_in, H, W), on the model's device
+        "The model's input batch, with the same steps as its fastai DataLoaders (PNG: RGB repeat and /255; audio: `MelSpecImage`), then normalised."
+        dev = next(self.model.parameters()).device
+        x = torch.from_numpy(np.stack(xs)).to(dev)
+        x = self.front(x) if self.audio else x.float().div_(255)[:,None].expand(-1,3,-1,-1)
+        return (x - self.mean.to(dev))/self.std.to(dev)
 
     def predict_images(self,
-        imgs:list, # uint8 spectrogram images, each (size, size)
-        bs:int=16, # images per batch
+        imgs:list, # model inputs as `wav_images` makes them: spectrogram images, or waveforms for a model trained on audio
+        bs:int=16, # inputs per batch
         tta:int=0, # test-time augmentation: also average over this many circular time shifts (`tta_shifts`)
     )->torch.Tensor: # class probabilities, shape (len(imgs), n_classes)
-        "Probabilities for spectrogram images, with the same input steps as fastai (RGB repeat, /255, normalise)."
+        "Class probabilities for a list of model inputs (see `inputs`), with optional circular time-shift TTA of the spectrograms."
         out = []
-        dev = next(self.model.parameters()).device
         with torch.inference_mode():
             for i in range(0, len(imgs), bs):
-                x = torch.from_numpy(np.stack(imgs[i:i+bs])).float().div_(255)[:,None].expand(-1,3,-1,-1)
-                x = ((x-self.mean)/self.std).to(dev)
+                x = self.inputs(imgs[i:i+bs])
                 out.append(torch.stack([self.model(x.roll(s, -1)).softmax(-1) for s in tta_shifts(x.shape[-1], tta)]).mean(0).cpu())
         return torch.cat(out) if out else torch.zeros(0, len(self.vocab))
 
@@ -121,10 +142,10 @@ class Ensemble:
         if not models: raise HeartnbError("an ensemble needs at least one model")
         m0 = models[0]
         for m in models[1:]:
-            for k in ('vocab', 'heartnb_spec', 'window'):
+            for k in ('vocab', 'heartnb_spec', 'window', 'audio'):
                 if getattr(m, k) != getattr(m0, k):
                     raise HeartnbError(f"the models of an ensemble must agree on {k}: {getattr(m0, k)!r} and {getattr(m, k)!r}")
-        self.models,self.vocab,self.heartnb_spec,self.window = models,m0.vocab,m0.heartnb_spec,m0.window
+        self.models,self.vocab,self.heartnb_spec,self.window,self.audio = models,m0.vocab,m0.heartnb_spec,m0.window,m0.audio
         self.meta = dict(m0.meta, ensemble=len(models))
     def predict_images(self, imgs:list, bs:int=16, tta:int=0)->torch.Tensor:
         "The mean of the members' `predict_images` probabilities, shape (len(imgs), n_classes)."
@@ -164,9 +185,9 @@ def load_safe(
         if not isinstance(arch, str) or not arch.isidentifier(): raise ValueError(f"bad architecture name {arch!r}")
         model = create_vision_model(get_arch(arch), len(meta['classes']), pretrained=False, n_in=meta['n_in'])
         model.load_state_dict(load_file(fname), strict=True)
+        return SafeModel(model, meta)
     except (KeyError, TypeError, ValueError, RuntimeError, SafetensorError, HeartnbError) as e:
         raise HeartnbError(f"{fname} and {meta_fn} do not make a heartnb model ({str(e)[:300]}): re-export it with `export_safe`.") from None
-    return SafeModel(model, meta)
 
 def open_model(
     fname, # `*.safetensors`/`*.json`/run folder (safe), a `heartnb cv` folder (its fold models, an `Ensemble`), or `*.pkl` (fastai pickle: trusted files only)
@@ -187,10 +208,17 @@ def as_predictor(
 def wav_images(
     model,          # a `SafeModel`, `Ensemble` or `Learner` (for its spectrogram settings and windows)
     wav,            # a WAV file
-)->list:            # uint8 images (size, size): one per window, or one for the whole recording
-    "The images a model sees for a recording, made with the settings stored in the model. Raises `AudioError`."
+)->list:            # uint8 images (size, size), one per window or one for the recording; or one float32 waveform (audio models)
+    """The inputs a model sees for a recording, made with the settings stored in the model: its image (or its
+    windows' images), or for a model trained on audio, its centred `duration` s (zeros appended to a shorter one, as
+    `CropPad` in validation). Raises `AudioError`."""
     spec = dict(model.heartnb_spec); size = spec.pop('size')
-    cfg,win = SpecConfig(**spec),as_predictor(model).window
+    pm = as_predictor(model)
+    cfg,win = SpecConfig(**spec),pm.window
+    if pm.audio:
+        from heartnb.audio.core import crop_pad
+        y,_ = load_audio(wav, cfg.sr)
+        return [crop_pad(torch.from_numpy(y), round(pm.audio['duration']*cfg.sr)).numpy()]
     return wav_windows(wav, cfg, size, win['seconds'], win['hop']) if win else [wav2image(wav, cfg, size)]
 
 def predict_probs(

@@ -56,8 +56,10 @@ def ensure_imagenet_weights(arch='resnet34')->Path:
     return fn
 
 # %% ../nbs/03_train.ipynb #16e46896
-def load_body_weights(learn:Learner, fname, arch='resnet34')->Learner:
-    "Load a torchvision state dict file `fname` of `arch` into the body of `learn`, and freeze it. Raises `HeartnbError` if it does not fit."
+def load_body_weights(learn:Learner, fname, arch='resnet34', n_in:int=3)->Learner:
+    """Load a torchvision state dict file `fname` of `arch` into the body of `learn`, and freeze it. For `n_in` other
+    than 3 the first convolution is adapted as fastai adapts ImageNet weights (for 1 channel: the sum of the RGB
+    filters). Raises `HeartnbError` if it does not fit."""
     arch,fname = get_arch(arch),Path(fname)
     if not fname.exists(): raise WeightsUnavailableError(f"weights file {fname} not found: check the --weights path, or use ImageNet weights from the torch hub cache (no --weights) or --no-pretrained.")
     sd = torch.load(fname, map_location='cpu', weights_only=True)
@@ -65,7 +67,7 @@ def load_body_weights(learn:Learner, fname, arch='resnet34')->Learner:
     m = arch(weights=None)
     try: m.load_state_dict(sd)
     except RuntimeError as e: raise HeartnbError(f"{fname} is not a {arch.__name__} state dict ({str(e)[:300]}): pass a checkpoint of the same architecture as --arch.") from None
-    body = create_body(m, 3, True, model_meta.get(arch, {}).get('cut'))
+    body = create_body(m, n_in, True, model_meta.get(arch, {}).get('cut'))
     learn.model[0].load_state_dict(body.state_dict())
     learn.freeze()
     return learn
@@ -88,17 +90,18 @@ def heart_learner(
     weights=None,           # path of a local torchvision checkpoint to start from instead of the hub cache
     metrics=(error_rate, accuracy), # fastai metrics shown each epoch
     balance:str=None,       # 'weights': class-weighted cross-entropy (`class_loss_weights`); anything else: plain
+    n_in:int=3,             # input channels: 3 for RGB images; 1 adapts the first convolution (fastai's `n_in`, see `audio_learner`)
     **kwargs,               # passed to `vision_learner`
 )->Learner:
     "A fastai `vision_learner` for heart-sound spectrograms, pretrained body frozen. Raises `WeightsUnavailableError`."
     f = get_arch(arch)
     if balance == 'weights': kwargs['loss_func'] = CrossEntropyLossFlat(weight=class_loss_weights(dls).to(dls.device))
     if weights is not None:
-        learn = vision_learner(dls, f, pretrained=False, metrics=list(metrics), **kwargs)
-        load_body_weights(learn, weights, f)
+        learn = vision_learner(dls, f, pretrained=False, metrics=list(metrics), n_in=n_in, **kwargs)
+        load_body_weights(learn, weights, f, n_in)
     else:
         if pretrained: ensure_imagenet_weights(f)
-        learn = vision_learner(dls, f, pretrained=pretrained, metrics=list(metrics), **kwargs)
+        learn = vision_learner(dls, f, pretrained=pretrained, metrics=list(metrics), n_in=n_in, **kwargs)
     learn.heartnb_pretrained = 'imagenet' if pretrained and weights is None else (str(weights) if weights else 'none')
     return learn
 
