@@ -143,7 +143,7 @@ def bench_pipeline_audio(df, n_batches:int=8):
     return "### Audio path: input pipeline vs model step, 5 s clips, 512 px, 1 channel, ResNet34, CPU\n\n" + \
         table(rows, ['bs','loader_workers','stage','data_s','step_s','data_share','images_per_s']) + \
         "\n\n`data_s`: seconds per batch waiting for the DataLoader and its batch transforms: WAV read, tempo/pitch change, " + \
-        "crop, gain, noise, mel spectrogram in torch, resize to 512 px, time shift and masks, normalise."
+        "crop, noise (and gain, a no-op here), mel spectrogram in torch, resize to 512 px, time shift and masks, normalise."
 
 def bench_epochs(png_dir, bs:int=4):
     "Seconds of one real epoch (train + validation), frozen then unfrozen, 512 px"

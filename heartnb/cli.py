@@ -63,10 +63,14 @@ def _fit(items, out:Path, o:dict, splitter=None, progress:bool=True, checkpoints
                       checkpoints=checkpoints, resume=resume)
     return learn, res
 
+_SETTING_DEFAULTS = dict(input='png', lr_mult=100)   # settings written only when not the default (older run folders lack them)
+
 def _check_settings(sfn:Path, settings:dict, out:Path):
     "Refuse to resume a run with other settings than it was started with"
-    old = jsonlib.loads(sfn.read_text())
-    diff = {k: (old.get(k), v) for k,v in settings.items() if old.get(k) != v}
+    old,dflt = jsonlib.loads(sfn.read_text()),_SETTING_DEFAULTS
+    keys = [*settings, *(k for k in old if k not in settings)]     # a setting missing on one side has its default value
+    diff = {k: (old.get(k, dflt.get(k)), settings.get(k, dflt.get(k))) for k in keys
+            if old.get(k, dflt.get(k)) != settings.get(k, dflt.get(k))}
     if diff: raise HeartnbError(f"{out} was started with other settings ({', '.join(f'{k}: {a!r} then, {b!r} now' for k,(a,b) in diff.items())}): "
                                 f"resume with the same options, or use a new --out folder (the old ones are in {sfn}).")
 
@@ -337,7 +341,7 @@ def heartnb_train(
     input:Annotated[str, "'png': write spectrogram PNGs, train on them (the seed's pipeline); 'audio': read the WAVs, spectrograms per batch", dict(choices=['png','audio'])]='png',
     duration:float=5.,         # --input audio: seconds of audio per example (random crop in training, centred otherwise)
     channels:Annotated[int, "--input audio: 1 (first convolution adapted) or 3 (RGB repeat)", dict(choices=[1,3])]=1,
-    augment:bool=False,        # --input audio: augment training batches (tempo, pitch, gain, noise, time shift, SpecAugment)
+    augment:bool=False,        # --input audio: augment training batches (tempo, pitch, noise, time shift, SpecAugment masks)
 ):
     "Train a heart-sound classifier end to end from a dataset folder and write the run folder."
     m = train_job(out, data, subset, size, bs, valid_pct, split, seed, freeze_epochs, epochs, lr, arch, pretrained, weights,
@@ -439,7 +443,7 @@ def heartnb_cv(
     input:Annotated[str, "'png' (spectrogram images) or 'audio' (WAVs, spectrograms per batch)", dict(choices=['png','audio'])]='png',
     duration:float=5.,         # --input audio: seconds of audio per example
     channels:Annotated[int, "--input audio: 1 or 3 channels", dict(choices=[1,3])]=1,
-    augment:bool=False,        # --input audio: augment training batches (tempo, pitch, gain, noise, time shift, SpecAugment)
+    augment:bool=False,        # --input audio: augment training batches (tempo, pitch, noise, time shift, SpecAugment masks)
 ):
     "k-fold cross-validation (stratified, grouped by patient): mean ± std of the metrics over folds, fold models for an ensemble."
     r = cv_job(out, data, subset, k, split, seed, size, bs, freeze_epochs, epochs, lr, arch, pretrained, weights, include_noisy,

@@ -30,11 +30,26 @@ def _audio_meta(learn)->dict|None:
     a = getattr(learn.dls, 'heartnb_audio', None) or getattr(learn, 'heartnb_audio', None)
     return dict(duration=float(a['duration']), channels=int(a['channels'])) if a else None
 
-def export_model(learn:Learner, fname, cfg='heart', size:int=512,
+def _spec_for(learn, cfg=None, size:int=None)->tuple:
+    """(`SpecConfig`, size) to record with `learn`: for a model trained on audio, those of its DataLoaders (given ones
+    must agree: raises `ValueError`); otherwise the given ones, by default 'heart' and 512"""
+    a = getattr(learn.dls, 'heartnb_audio', None)
+    if a is None and getattr(learn, 'heartnb_audio', None) and hasattr(learn, 'heartnb_spec'):   # a loaded export
+        sp = dict(learn.heartnb_spec); a = dict(size=sp.pop('size'), spectrogram=sp)
+    if not a or 'spectrogram' not in a: return spec_config(cfg or 'heart'), (512 if size is None else size)
+    own = SpecConfig(**a['spectrogram'])
+    if (cfg is not None and spec_config(cfg) != own) or (size is not None and size != a['size']):
+        raise ValueError(f"this model was trained on audio with {own} and size {a['size']}: export it with those (leave cfg and size out)")
+    return own, a['size']
+
+def export_model(learn:Learner, fname,
+                 cfg=None,        # spectrogram settings it was trained on (default 'heart'; a model trained on audio knows its own)
+                 size:int=None,   # image side it was trained on, pixels (default 512; a model trained on audio knows its own)
                  window:float=None, window_hop:float=None, # fixed-duration windows it was trained on, s (None: whole recordings)
                 )->Path:
     "Export `learn` (fastai pickle) to `fname` with the spectrogram settings `cfg`, image `size` and windows it was trained on."
-    learn.heartnb_spec = dict(spec_config(cfg).to_dict(), size=size)
+    cfg,size = _spec_for(learn, cfg, size)
+    learn.heartnb_spec = dict(cfg.to_dict(), size=size)
     learn.heartnb_window = _window_meta(window, window_hop)
     learn.heartnb_audio = _audio_meta(learn)
     fname = Path(fname); fname.parent.mkdir(parents=True, exist_ok=True)
@@ -63,8 +78,8 @@ def _norm_stats(learn):
 def export_safe(
     learn:Learner,  # trained `vision_learner` (from `heart_learner`)
     fname,          # weights file to write, `*.safetensors`; the description goes to the same name with `.json`
-    cfg='heart',    # spectrogram settings it was trained on (`SpecConfig` or preset name)
-    size:int=512,   # image side it was trained on, pixels
+    cfg=None,       # spectrogram settings it was trained on (`SpecConfig` or preset name; default 'heart'; a model trained on audio knows its own)
+    size:int=None,  # image side it was trained on, pixels (default 512; a model trained on audio knows its own)
     window:float=None,     # window duration it was trained on, s (None: one image per recording)
     window_hop:float=None, # time between window starts, s
 )->Path:            # `fname`
@@ -73,9 +88,9 @@ def export_safe(
     fname = Path(fname)
     if fname.suffix != '.safetensors': raise ValueError(f"{fname}: the weights file must end in .safetensors")
     mean,std = _norm_stats(learn)
-    audio = _audio_meta(learn)
+    audio,(cfg,size) = _audio_meta(learn),_spec_for(learn, cfg, size)
     meta = dict(format=SAFE_FORMAT, arch=learn.arch.__name__, n_in=audio['channels'] if audio else 3, classes=list(map(str, learn.dls.vocab)),
-                spectrogram=spec_config(cfg).to_dict(), size=size, normalize=dict(mean=mean, std=std),
+                spectrogram=cfg.to_dict(), size=size, normalize=dict(mean=mean, std=std),
                 window=_window_meta(window, window_hop), input='audio' if audio else 'png', audio=audio,
                 pretrained=getattr(learn, 'heartnb_pretrained', None))
     sd = {k: v.detach().cpu().contiguous() for k,v in learn.model.state_dict().items()}

@@ -113,14 +113,14 @@ class TimeMask(_Mask):
 def audio_augs(
     stretch:float=0.1,     # tempo change ±, as a fraction (0: off)
     pitch:float=1.,        # pitch shift ±, semitones (0: off)
-    gain_db:float=6.,      # gain ±, dB (0: off)
+    gain_db:float=0.,      # gain ±, dB (0: off; it changes nothing with peak-referenced spectrograms, see above)
     snr:tuple=(10., 30.),  # SNR range of the added noise, dB (None: off)
     shift:float=0.3,       # time shift ±, fraction of the width (0: off)
     freq_mask:float=0.15,  # widest frequency mask, fraction of the mel bands (0: off)
     time_mask:float=0.1,   # widest time mask, fraction of the frames (0: off)
     p:float=0.5,           # probability of each augmentation, per example
 )->tuple:                  # (item_tfms, batch_tfms) for `audio_dls(augment=...)`
-    "heartnb's default training augmentations for the audio path; the amounts are conservative guesses for PCG, not tuned values."
+    "heartnb's training augmentations for the audio path (`--augment`); the amounts are conservative guesses for PCG, not tuned values."
     it = [*([Stretch(1-stretch, 1+stretch, p)] if stretch else []), *([PitchShift(pitch, p)] if pitch else [])]
     bt = [*([Gain(-gain_db, gain_db, p)] if gain_db else []), *([AddNoise(*snr, p)] if snr else []),
           *([TimeShift(shift, p=p)] if shift else []), *([FreqMask(freq_mask, p=p)] if freq_mask else []),

@@ -83,11 +83,13 @@ def AudioBlock(
 class MelSpecDB(torch.nn.Module):
     """Batch mel spectrogram in dB, as `melspec_db` computes it with librosa: waveforms (batch, n_samples) or
     (n_samples,) at `cfg.sr` → float32 (batch, 1, n_mels, 1 + n_samples//hop_length), values in [-top_db, 0], each
-    example relative to its own peak (a silent example is -top_db everywhere). Runs on the device of its input
-    (move the module with `.to(device)`). Raises `ValueError` for a waveform shorter than `n_fft`."""
-    def __init__(self, cfg='heart'):
+    example relative to its own peak (a silent example is -top_db everywhere), or with `ref` given, relative to that
+    fixed mel power for every example, which keeps differences in loudness (values above `ref` clip at 0 dB). Runs
+    on the device of its input (move the module with `.to(device)`). Raises `ValueError` for a waveform shorter than
+    `n_fft`."""
+    def __init__(self, cfg='heart', ref:float=None):
         super().__init__()
-        self.cfg = spec_config(cfg)
+        self.cfg,self.ref = spec_config(cfg),ref
         c = self.cfg
         self.register_buffer('window', torch.hann_window(c.n_fft, periodic=True, dtype=torch.float32), persistent=False)
         self.register_buffer('mel', torch.from_numpy(mel_basis(c.sr, c.n_fft, c.n_mels, c.fmin, c.fmax)).float(), persistent=False)
@@ -101,8 +103,8 @@ class MelSpecDB(torch.nn.Module):
         X = torch.stft(y, c.n_fft, c.hop_length, window=self.window, center=True, pad_mode='constant', return_complex=True)
         S = self.mel @ X.abs().pow(2)                                     # (batch, n_mels, frames)
         db = 10*torch.log10(S.clamp_min(1e-10))
-        peak = S.amax(dim=(-2,-1), keepdim=True)
-        db = db - 10*torch.log10(peak.clamp_min(1e-10))                    # ref = each example's peak
+        peak = S.amax(dim=(-2,-1), keepdim=True) if self.ref is None else torch.full_like(S[..., :1, :1], self.ref)
+        db = db - 10*torch.log10(peak.clamp_min(1e-10))                    # ref = each example's peak (or `ref`)
         db = torch.where(peak <= 1e-10, -c.top_db, db)                     # silence: the floor everywhere
         return db.clamp_min(-c.top_db)[:, None]
 
@@ -111,11 +113,12 @@ class MelSpecImage(torch.nn.Module):
     """Waveforms (batch, n_samples) at `cfg.sr` → spectrogram images (batch, channels, size, size) (or (batch,
     channels, n_mels, frames) when `size` is None), float32 in [0, 1]: `MelSpecDB` scaled as the PNG pipeline's
     pixels/255 (0 = `-top_db`, 1 = each example's peak), low frequencies in the last rows, resized bilinearly with
-    antialiasing (as PIL's resize), repeated to `channels` (1 or 3). Raises `ValueError` for other `channels`."""
-    def __init__(self, cfg='heart', size:int=None, channels:int=1):
+    antialiasing (as PIL's resize), repeated to `channels` (1 or 3). `ref`: see `MelSpecDB`. Raises `ValueError` for
+    other `channels`."""
+    def __init__(self, cfg='heart', size:int=None, channels:int=1, ref:float=None):
         super().__init__()
         if channels not in (1, 3): raise ValueError(f"channels must be 1 (first convolution adapted) or 3 (RGB repeat), not {channels}")
-        self.melspec,self.size,self.channels = MelSpecDB(cfg),size,channels
+        self.melspec,self.size,self.channels = MelSpecDB(cfg, ref),size,channels
     def forward(self, y:torch.Tensor)->torch.Tensor:
         top = self.melspec.cfg.top_db
         x = ((self.melspec(y) + top)/top).flip(-2)
@@ -179,7 +182,7 @@ def audio_dls(
     db = audio_dblock(cfg, duration, size, channels, split, valid_pct, seed, vocab, splitter, list(it), list(bt))
     if balance == 'oversample': dls = db.weighted_dataloaders(df, class_balance_weights(df.label), bs=bs, num_workers=num_workers, **kwargs)
     else: dls = db.dataloaders(df, bs=bs, num_workers=num_workers, **kwargs)
-    dls.heartnb_audio = dict(duration=float(duration), channels=channels)
+    dls.heartnb_audio = dict(duration=float(duration), channels=channels, spectrogram=spec_config(cfg).to_dict(), size=size)
     return dls
 
 # %% ../../nbs/08_audio_core.ipynb #0d8d4fff
