@@ -128,7 +128,7 @@ def train_job(
     balance:str=None,          # class imbalance: None, 'weights' (weighted loss) or 'oversample'
     lr_mult:float=100,         # discriminative LRs: the first layers train at the top rate / `lr_mult` (1 for a random-init body)
     input:str='png',           # 'png': spectrogram images written first (the seed's pipeline); 'audio': WAVs in, spectrograms per batch
-    duration:float=5.,         # 'audio': seconds per example (random crop in training, centred otherwise; shorter ones padded)
+    duration:float=5.,         # 'audio': seconds per example (random crops in training; validation and prediction average a recording's clips)
     channels:int=1,            # 'audio': 1 (first convolution adapted) or 3 (RGB repeat)
     augment:bool=False,        # 'audio': training augmentations (`audio_augs`; off by default, see `10_audio_vs_png`)
 )->dict:                       # the contents of `metrics.json`
@@ -169,11 +169,11 @@ def train_job(
     o = dict(settings, window=window, window_hop=window_hop, balance=balance, weights=weights, lr_mult=lr_mult)
     learn,res = _fit(items, out, o, progress=progress, checkpoints=ck, resume=resume)
     times.update(res['times']); t = time.time()
-    rep = interpret(learn, out)          # figures; per image (per window with windows)
-    rec_rep,pred = learner_report(learn) # per recording (each recording's windows averaged)
+    rep = interpret(learn, out)          # figures; per model input (a window or an audio clip, if so)
+    rec_rep,pred = learner_report(learn) # per recording (each recording's windows or clips averaged)
     atomic_write(out/'predictions.csv', lambda f: pred.to_csv(f, index=False))
-    if window:                           # the metrics count recordings
-        win_rep,rep = rep,rec_rep
+    if window or input == 'audio':       # the metrics count recordings
+        item_rep,rep = rep,rec_rep
         plt.close(plot_confusion(rep['confusion_matrix'], rep['classes'], out/'confusion_matrix.png', 'Confusion matrix (recordings)'))
     times['interpret'] = time.time()-t; t = time.time()
     export_safe(learn, out/'model.safetensors', preset, size, window, window_hop)
@@ -187,9 +187,10 @@ def train_job(
                    arch=str(arch), epochs=dict(frozen=freeze_epochs, unfrozen=epochs), lrs=res['lrs'],
                    pretrained=learn.heartnb_pretrained, include_noisy=include_noisy, limit=limit, balance=balance, lr_mult=lr_mult,
                    window=dict(seconds=window, hop=window_hop, n_train=len(learn.dls.train_ds), n_valid=len(vitems),
-                               window_accuracy=win_rep['accuracy']) if window else None,
+                               window_accuracy=item_rep['accuracy']) if window else None,
                    spectrogram=dict(spec_config(preset).to_dict(), preset=preset if isinstance(preset, str) else 'custom'),
-                   input=input, audio={k: settings[k] for k in ('duration','channels','augment')} if input == 'audio' else None,
+                   input=input, audio=dict({k: settings[k] for k in ('duration','channels','augment')}, n_valid_clips=len(vitems),
+                                           clip_accuracy=item_rep['accuracy']) if input == 'audio' else None,
                    seconds=times, resumed=res['resumed'] or None, **_versions())
     atomic_write(done, lambda t: Path(t).write_text(jsonlib.dumps(metrics, indent=2)))
     shutil.rmtree(ck)                     # complete: the checkpoints (hundreds of MB) are no longer needed
@@ -339,7 +340,7 @@ def heartnb_train(
     balance:Annotated[str, "class imbalance: 'weights' (class-weighted loss) or 'oversample' (minority classes drawn more often)", dict(choices=['none','weights','oversample'])]='none',
     lr_mult:float=100,         # discriminative LRs: first layers at the top rate / LR_MULT (1 suits a randomly initialised body)
     input:Annotated[str, "'png': write spectrogram PNGs, train on them (the seed's pipeline); 'audio': read the WAVs, spectrograms per batch", dict(choices=['png','audio'])]='png',
-    duration:float=5.,         # --input audio: seconds of audio per example (random crop in training, centred otherwise)
+    duration:float=5.,         # --input audio: seconds of audio per example (random crops in training; a recording's clips averaged otherwise)
     channels:Annotated[int, "--input audio: 1 (first convolution adapted) or 3 (RGB repeat)", dict(choices=[1,3])]=1,
     augment:bool=False,        # --input audio: augment training batches (tempo, pitch, noise, time shift, SpecAugment masks)
 ):

@@ -223,17 +223,17 @@ def as_predictor(
 def wav_images(
     model,          # a `SafeModel`, `Ensemble` or `Learner` (for its spectrogram settings and windows)
     wav,            # a WAV file
-)->list:            # uint8 images (size, size), one per window or one for the recording; or one float32 waveform (audio models)
+)->list:            # uint8 images (size, size), one per window or one for the recording; or float32 clips (audio models)
     """The inputs a model sees for a recording, made with the settings stored in the model: its image (or its
-    windows' images), or for a model trained on audio, its centred `duration` s (zeros appended to a shorter one, as
-    `CropPad` in validation). Raises `AudioError`."""
+    windows' images), or for a model trained on audio, its clips of `duration` s (`clip_starts`, as its validation
+    items; zeros appended to a shorter recording). Raises `AudioError`."""
     spec = dict(model.heartnb_spec); size = spec.pop('size')
     pm = as_predictor(model)
     cfg,win = SpecConfig(**spec),pm.window
     if pm.audio:
-        from heartnb.audio.core import crop_pad
-        y,_ = load_audio(wav, cfg.sr)
-        return [crop_pad(torch.from_numpy(y), round(pm.audio['duration']*cfg.sr)).numpy()]
+        from heartnb.audio.core import crop_pad, clip_starts
+        y,_ = load_audio(wav, cfg.sr); y,n = torch.from_numpy(y),round(pm.audio['duration']*cfg.sr)
+        return [crop_pad(y, n, s).numpy() for s in clip_starts(len(y), n)]
     return wav_windows(wav, cfg, size, win['seconds'], win['hop']) if win else [wav2image(wav, cfg, size)]
 
 def predict_probs(

@@ -7,6 +7,7 @@ Docs: https://heartnb.github.io/heartnb/audio_augment.html.md"""
 # %% ../../nbs/09_audio_augment.ipynb #de451289
 from __future__ import annotations
 import numpy as np, torch
+from fastcore.basics import store_attr
 from fastai.vision.all import RandTransform, TensorImage
 from .core import AudioTensor
 
@@ -28,14 +29,14 @@ class Stretch(ItemAug):
     """Change the tempo (the heart rate) by a random factor in [`min_rate`, `max_rate`] without changing the pitch:
     audiomentations' `TimeStretch` (signalsmith-stretch); the length changes by 1/rate."""
     def __init__(self, min_rate:float=0.9, max_rate:float=1.1, p:float=0.5):
-        super().__init__(p); self.min_rate,self.max_rate = min_rate,max_rate
+        super().__init__(p); store_attr('min_rate,max_rate')
     def make(self):
         from audiomentations import TimeStretch
         return TimeStretch(min_rate=self.min_rate, max_rate=self.max_rate, leave_length_unchanged=False, p=1.)
 
 class PitchShift(ItemAug):
     "Shift every frequency by a random number of semitones in ±`semitones`, keeping the duration: audiomentations' `PitchShift`."
-    def __init__(self, semitones:float=1., p:float=0.5): super().__init__(p); self.semitones = semitones
+    def __init__(self, semitones:float=1., p:float=0.5): super().__init__(p); store_attr('semitones')
     def make(self):
         from audiomentations import PitchShift as _PS
         return _PS(min_semitones=-self.semitones, max_semitones=self.semitones, p=1.)
@@ -54,9 +55,10 @@ class BatchAug(RandTransform):
         return lo + (hi-lo)*torch.rand(x.shape[0], device=x.device)
 
 class Gain(BatchAug):
-    "Multiply each waveform by a random gain in [`min_db`, `max_db`] dB (amplitude factor 10^(g/20))."
+    """Multiply each waveform by a random gain in [`min_db`, `max_db`] dB (amplitude factor 10^(g/20)). It changes
+    nothing after heartnb's peak-referenced `MelSpecDB` (even with `AddNoise`); use it with a fixed reference (`ref=`)."""
     order = 5
-    def __init__(self, min_db:float=-6., max_db:float=6., p:float=0.5): super().__init__(p); self.min_db,self.max_db = min_db,max_db
+    def __init__(self, min_db:float=-6., max_db:float=6., p:float=0.5): super().__init__(p); store_attr('min_db,max_db')
     def encodes(self, x:AudioTensor)->AudioTensor:
         g = torch.where(self.which(x), self.uniform(x, self.min_db, self.max_db), 0.)
         return x * 10**(g/20)[:, None]
@@ -65,7 +67,7 @@ class AddNoise(BatchAug):
     """Add white Gaussian noise at a random signal-to-noise ratio in [`min_snr`, `max_snr`] dB: noise power = the
     example's mean power / 10^(SNR/10). A silent example stays silent."""
     order = 6
-    def __init__(self, min_snr:float=10., max_snr:float=30., p:float=0.5): super().__init__(p); self.min_snr,self.max_snr = min_snr,max_snr
+    def __init__(self, min_snr:float=10., max_snr:float=30., p:float=0.5): super().__init__(p); store_attr('min_snr,max_snr')
     def encodes(self, x:AudioTensor)->AudioTensor:
         snr = self.uniform(x, self.min_snr, self.max_snr)
         std = (x.pow(2).mean(-1) / 10**(snr/10)).sqrt() * self.which(x)
@@ -76,7 +78,7 @@ class TimeShift(BatchAug):
     """Shift each spectrogram along time by a random fraction in ±`max_shift` of its width; the frames shifted in are
     `fill` (0: the floor `-top_db`, silence), not the frames shifted out (no wrap-around)."""
     order = 20
-    def __init__(self, max_shift:float=0.3, fill:float=0., p:float=0.5): super().__init__(p); self.max_shift,self.fill = max_shift,fill
+    def __init__(self, max_shift:float=0.3, fill:float=0., p:float=0.5): super().__init__(p); store_attr('max_shift,fill')
     def encodes(self, x:TensorImage)->TensorImage:
         w = x.shape[-1]
         s = (self.uniform(x, -self.max_shift, self.max_shift)*w).round().long() * self.which(x)
@@ -89,7 +91,7 @@ class _Mask(BatchAug):
     "A SpecAugment mask of random width in [0, `max_width`·axis length] at a random place along `axis`, set to `fill`"
     axis = -1
     def __init__(self, max_width:float=0.15, n_masks:int=1, fill:float=0., p:float=0.5):
-        super().__init__(p); self.max_width,self.n_masks,self.fill = max_width,n_masks,fill
+        super().__init__(p); store_attr('max_width,n_masks,fill')
     def encodes(self, x:TensorImage)->TensorImage:
         n = x.shape[self.axis]
         pos = torch.arange(n, device=x.device)[None]

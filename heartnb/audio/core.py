@@ -11,14 +11,15 @@ from functools import partial
 import numpy as np, pandas as pd, torch, torch.nn.functional as F
 import matplotlib.pyplot as plt
 from fastai.vision.all import (TensorBase, TensorImage, RandTransform, Transform, TransformBlock, DataBlock, CategoryBlock,
-                               ColReader, DataLoaders, Normalize, imagenet_stats)
+                               ColReader, ColSplitter, DataLoaders, Normalize, imagenet_stats)
 from fastai.callback.data import *  # `DataBlock.weighted_dataloaders`
-from ..spectrogram import spec_config, mel_basis, load_audio
+from fastcore.foundation import L
+from ..spectrogram import spec_config, mel_basis, load_audio, window_starts
 from ..dataloaders import heart_splitter, class_balance_weights
 
 # %% auto #0
 __all__ = ['GREY_STATS', 'AudioTensor', 'crop_pad', 'CropPad', 'AudioBlock', 'MelSpecDB', 'MelSpecImage', 'AudioToSpec',
-           'audio_stats', 'audio_dblock', 'audio_dls', 'audio_learner']
+           'audio_stats', 'clip_starts', 'clip_items', 'audio_dblock', 'audio_dls', 'audio_learner']
 
 # %% ../../nbs/08_audio_core.ipynb #b6c53a44
 class AudioTensor(TensorBase):
@@ -26,12 +27,14 @@ class AudioTensor(TensorBase):
     `show` plots it (time in seconds) and, outside a figure grid, also puts an audio player in the notebook."""
     @classmethod
     def create(cls,
-        fn,            # a WAV (or other libsndfile) file
+        fn,            # a WAV (or other libsndfile) file, or (file, start): a clip item (see `clip_items`)
         sr:int=4000,   # target sample rate, Hz (None keeps the file's own)
     )->AudioTensor:
-        "Read `fn` with `load_audio`: mono, resampled to `sr`. Raises `AudioError` naming the file for a bad one."
+        """Read `fn` with `load_audio`: mono, resampled to `sr`. For a (file, start) pair, `start` (the clip's first
+        sample, -1 for none) is kept for `CropPad`. Raises `AudioError` naming the file for a bad one."""
+        fn,start = (fn[0], int(fn[1])) if isinstance(fn, (list, tuple, L)) else (fn, -1)
         y,sr = load_audio(fn, sr)
-        return cls(torch.from_numpy(y), sr=sr)
+        return cls(torch.from_numpy(y), sr=sr, start=start)
 
     @property
     def duration(self)->float:
@@ -63,13 +66,14 @@ def crop_pad(
     return y[..., start:start+n]
 
 class CropPad(RandTransform):
-    "Make an `AudioTensor` `duration` s long (`crop_pad`): a random window in training, the centred one otherwise."
+    """Make an `AudioTensor` `duration` s long (`crop_pad`): from its clip `start` when it has one (>= 0), else a
+    random window in training and the centred one otherwise."""
     split_idx,order = None,20   # all splits; after waveform-length changes (order 10), before batching
     def __init__(self, duration:float=5.): super().__init__(); self.duration = duration
     def before_call(self, b, split_idx): self.do,self.train = True,split_idx == 0
     def encodes(self, x:AudioTensor)->AudioTensor:
-        n = round(self.duration*x.sr)
-        start = random.randint(0, max(0, x.shape[-1]-n)) if self.train else None
+        n,start = round(self.duration*x.sr),getattr(x, 'start', -1)
+        if start < 0: start = random.randint(0, max(0, x.shape[-1]-n)) if self.train else None
         return crop_pad(x, n, start)
 
 def AudioBlock(
@@ -138,24 +142,42 @@ def audio_stats(channels:int=1)->tuple:
     "The (mean, std) lists `Normalize` uses for spectrogram images of `channels` channels: ImageNet's, or their means for 1 channel."
     return imagenet_stats if channels == 3 else GREY_STATS
 
+def clip_starts(
+    n_samples:int,  # length of the recording, samples
+    n:int,          # samples per clip
+)->list:            # first sample of each clip
+    "Clips every `n//2` samples, the last one ending at the end; `[0]` for a recording no longer than one clip (`window_starts`)."
+    return window_starts(n_samples, n, max(1, n//2))
+
+def clip_items(
+    df:pd.DataFrame,       # recordings: `path`, `label`, `duration` (s, from `index_dataset`)
+    sr:int=4000,           # sample rate the recordings are read at, Hz
+    duration:float=5.,     # seconds per clip
+    is_valid=None,         # boolean per row of `df`: validation recordings (default: all, e.g. for `test_dl`)
+)->pd.DataFrame:           # `df`'s columns plus `start` (first sample; -1: a random crop) and `is_valid`
+    "Items for `audio_dblock`: a training recording once (`start` -1, cropped at random), a validation one once per clip (`clip_starts`)."
+    is_valid = np.ones(len(df), bool) if is_valid is None else np.asarray(is_valid, bool)
+    n,rows = round(duration*sr),[]
+    for r,v in zip(df.to_dict('records'), is_valid):
+        d = r.get('duration', np.nan)
+        starts = clip_starts(int(np.ceil(d*sr)), n) if v and np.isfinite(d) else [0 if v else -1]
+        rows += [dict(r, start=s, is_valid=bool(v)) for s in starts]
+    return pd.DataFrame(rows, columns=[*df.columns, 'start', 'is_valid'])
+
 def audio_dblock(
     cfg='heart',           # spectrogram settings (`SpecConfig` or preset name); recordings are resampled to `cfg.sr`
     duration:float=5.,     # seconds of audio per example (`CropPad`)
     size:int=None,         # side of the square spectrogram image, pixels (None: native n_mels × frames)
     channels:int=1,        # 1 (first convolution adapted) or 3 (RGB repeat)
-    split:str='random',    # 'random' (per file) or 'patient'
-    valid_pct:float=0.3,   # validation share
-    seed:int=42,           # seed of the split
     vocab:list=None,       # class order (default: sorted labels)
-    splitter=None,         # a fastai splitter that replaces the one `split` names
     item_tfms:list=None,   # extra item transforms, e.g. waveform-length augmentations (`heartnb.audio.augment`)
     batch_tfms:list=None,  # extra batch transforms: waveform (order < 10) and spectrogram (order > 10) augmentations
 )->DataBlock:
-    "A `DataBlock` from a DataFrame of recordings (`path`, `label`) to spectrogram images computed on the fly."
+    "A `DataBlock` from `clip_items` (`path`, `start`, `label`, `is_valid`) to spectrogram images computed on the fly."
     cfg = spec_config(cfg)
     return DataBlock(blocks=(AudioBlock(cfg.sr, duration), CategoryBlock(vocab=vocab)),
-                     get_x=ColReader('path'), get_y=ColReader('label'),
-                     splitter=splitter or heart_splitter(split, valid_pct, seed),
+                     get_x=ColReader(['path', 'start']), get_y=ColReader('label'),
+                     splitter=ColSplitter('is_valid'),
                      item_tfms=item_tfms,
                      batch_tfms=[AudioToSpec(cfg, size, channels), *(batch_tfms or []), Normalize.from_stats(*audio_stats(channels))])
 
@@ -176,12 +198,17 @@ def audio_dls(
     vocab:list=None,       # class order
     **kwargs,              # passed to `DataBlock.dataloaders` (e.g. `device`)
 )->DataLoaders:
-    "Training and validation `DataLoaders` of recordings, spectrograms computed per batch. `dls.heartnb_audio` records the settings."
+    """Training and validation `DataLoaders` of recordings (validation ones as clips, `clip_items`), spectrograms
+    computed per batch. `dls.heartnb_audio` records the settings. Raises `ValueError` for an unknown `balance`."""
     if balance not in (None, 'none', 'weights', 'oversample'): raise ValueError(f"balance must be 'none', 'weights' or 'oversample', not {balance!r}")
     it,bt = augment or ([], [])
-    db = audio_dblock(cfg, duration, size, channels, split, valid_pct, seed, vocab, splitter, list(it), list(bt))
-    if balance == 'oversample': dls = db.weighted_dataloaders(df, class_balance_weights(df.label), bs=bs, num_workers=num_workers, **kwargs)
-    else: dls = db.dataloaders(df, bs=bs, num_workers=num_workers, **kwargs)
+    df = df.reset_index(drop=True)
+    is_valid = np.zeros(len(df), bool)
+    is_valid[(splitter or heart_splitter(split, valid_pct, seed))(df)[1]] = True      # split the recordings, then cut clips
+    items = clip_items(df, spec_config(cfg).sr, duration, is_valid)
+    db = audio_dblock(cfg, duration, size, channels, vocab, list(it), list(bt))
+    if balance == 'oversample': dls = db.weighted_dataloaders(items, class_balance_weights(items.label), bs=bs, num_workers=num_workers, **kwargs)
+    else: dls = db.dataloaders(items, bs=bs, num_workers=num_workers, **kwargs)
     dls.heartnb_audio = dict(duration=float(duration), channels=channels, spectrogram=spec_config(cfg).to_dict(), size=size)
     return dls
 
