@@ -207,7 +207,9 @@ def audio_dls(
     is_valid[(splitter or heart_splitter(split, valid_pct, seed))(df)[1]] = True      # split the recordings, then cut clips
     items = clip_items(df, spec_config(cfg).sr, duration, is_valid)
     db = audio_dblock(cfg, duration, size, channels, vocab, list(it), list(bt))
-    if balance == 'oversample': dls = db.weighted_dataloaders(items, class_balance_weights(items.label), bs=bs, num_workers=num_workers, **kwargs)
+    if balance == 'oversample':                                   # class frequencies of the training recordings
+        w = np.zeros(len(items)); w[~items.is_valid] = class_balance_weights(items.label[~items.is_valid])
+        dls = db.weighted_dataloaders(items, w, bs=bs, num_workers=num_workers, **kwargs)
     else: dls = db.dataloaders(items, bs=bs, num_workers=num_workers, **kwargs)
     dls.heartnb_audio = dict(duration=float(duration), channels=channels, spectrogram=spec_config(cfg).to_dict(), size=size)
     return dls
