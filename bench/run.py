@@ -204,6 +204,12 @@ def main(
     out:str=str(HERE/'results.md'), # markdown report to write; with --only, its other sections are kept
 ):
     "Run the heartnb benchmarks and write a markdown report"
+    with tempfile.TemporaryDirectory(prefix='heartnb-bench-') as scratch:   # every temporary folder below lives here, removed at the end
+        tempfile.tempdir = scratch
+        try: _run(data, only, png, model, out)
+        finally: tempfile.tempdir = None
+
+def _run(data, only, png, model, out):
     from heartnb.data import index_dataset
     from heartnb.spectrogram import spectrogram_images
     df = index_dataset(data, 'b', include_noisy=True, include_unlabelled=True)
