@@ -65,11 +65,52 @@ def bench_conversion(df, n_base:int=40):
         fps = len(df)/(time.perf_counter()-t)
         rows.append(dict(converter='heartnb, `spectrogram_images`', files=len(df), workers=w, files_per_s=fps, ratio=fps/base))
     t = time.perf_counter()
+    spectrogram_images(df, tmp/'level0', size=512, workers=os.cpu_count(), progress=False, force=True, png_level=0)
+    fps = len(df)/(time.perf_counter()-t)
+    rows.append(dict(converter='heartnb, `spectrogram_images`, `png_level=0` (same pixels, no zlib)', files=len(df),
+                     workers=os.cpu_count(), files_per_s=fps, ratio=fps/base))
+    t = time.perf_counter()
     spectrogram_images(df, tmp/f'w{os.cpu_count()}', size=512, workers=os.cpu_count(), progress=False)
     rows.append(dict(converter='heartnb, rerun (all up to date)', files=len(df), workers=os.cpu_count(),
                      files_per_s=len(df)/(time.perf_counter()-t), ratio=float('nan')))
+    disk = {d: sum(f.stat().st_size for f in (tmp/d).glob('*/*.png'))/len(df)/1e3 for d in (f'w{os.cpu_count()}', 'level0')}
     return "### Spectrogram conversion, set_b at 512×512 px\n\n" + table(rows, ['converter','files','workers','files_per_s','ratio']) + \
-        "\n\n`ratio`: files/s over the matplotlib baseline's (one process). Times include process start-up for the worker pools."
+        "\n\n`ratio`: files/s over the matplotlib baseline's (one process). Times include process start-up for the worker pools. " + \
+        f"PNG size: {disk[f'w{os.cpu_count()}']:.0f} kB per file at the default level 1, {disk['level0']:.0f} kB at level 0.\n\n" + \
+        bench_conversion_steps(sub)
+
+def bench_conversion_steps(sub):
+    "Where one file's conversion time goes (ms per file, one process): each step of `wav2image` + `save_png` alone"
+    import io
+    from PIL import Image
+    from heartnb.spectrogram import load_audio, melspec_db, spec_image, png_bytes, spec_config, save_png
+    cfg = spec_config('heart')
+    ys = [load_audio(p, cfg.sr)[0] for p in sub.path]
+    Ss = [melspec_db(y, cfg) for y in ys]
+    imgs = [spec_image(S, cfg.top_db, 512) for S in Ss]
+    tmp = Path(tempfile.mkdtemp())
+    def pillow(img): b = io.BytesIO(); Image.fromarray(img).save(b, format='PNG', compress_level=1); return b.getvalue()
+    steps = [('read WAV (`load_audio`)', lambda i: load_audio(sub.path.iloc[i], cfg.sr)),
+             ('mel spectrogram + dB (`melspec_db`)', lambda i: melspec_db(ys[i], cfg)),
+             ('8-bit image, resized to 512×512 (`spec_image`)', lambda i: spec_image(Ss[i], cfg.top_db, 512)),
+             ('PNG encode: Pillow level 1, a filter chosen per row (before)', lambda i: pillow(imgs[i])),
+             ('PNG encode: `png_bytes` level 1, Up filter (default)', lambda i: png_bytes(imgs[i])),
+             ('PNG encode: `png_bytes` level 0', lambda i: png_bytes(imgs[i], 0)),
+             ('write file, temporary name + rename (`save_png` − encode)', None)]
+    rows = []
+    for name,f in steps:
+        if f is None:
+            enc = rows[-2]['ms_per_file']
+            ms = min(_per_file(lambda i: save_png(imgs[i], tmp/f'{i}.png'), len(sub)) for _ in range(3)) - enc
+        else: ms = min(_per_file(f, len(sub)) for _ in range(3))
+        rows.append(dict(step=name, ms_per_file=ms))
+    return f"Where the time goes, ms per file in one process (best of 3 over {len(sub)} files):\n\n" + table(rows, ['step','ms_per_file'])
+
+def _per_file(f, n)->float:
+    "ms per call of f(i) for i in range(n)"
+    t = time.perf_counter()
+    for i in range(n): f(i)
+    return (time.perf_counter()-t)/n*1e3
 
 # --- memory -----------------------------------------------------------------------------------------------------
 _MEM = """
@@ -195,21 +236,8 @@ def merge_sections(fn:Path, parts:list)->list:
 
 SECTIONS = ('conversion','memory','pipeline','pipeline_audio','epochs','predict')
 
-@call_parse
-def main(
-    data:str=None,            # dataset folder (default: $HEARTNB_DATA)
-    only:str=','.join(SECTIONS), # comma-separated sections to run
-    png:str=None,             # folder of 512 px set_b PNGs with manifest.csv (default: made by the conversion section)
-    model:str=None,           # a 512 px model.pkl for the predict section (default: trained briefly here)
-    out:str=str(HERE/'results.md'), # markdown report to write; with --only, its other sections are kept
-):
-    "Run the heartnb benchmarks and write a markdown report"
-    with tempfile.TemporaryDirectory(prefix='heartnb-bench-') as scratch:   # every temporary folder below lives here, removed at the end
-        tempfile.tempdir = scratch
-        try: _run(data, only, png, model, out)
-        finally: tempfile.tempdir = None
-
 def _run(data, only, png, model, out):
+    "The sections of `only`, run one after the other; see `main`"
     from heartnb.data import index_dataset
     from heartnb.spectrogram import spectrogram_images
     df = index_dataset(data, 'b', include_noisy=True, include_unlabelled=True)
@@ -237,3 +265,17 @@ def _run(data, only, png, model, out):
         print(txt, flush=True); parts.append(txt)
     Path(out).write_text('\n'.join(merge_sections(Path(out), parts)))
     print(f"wrote {out}")
+
+@call_parse
+def main(
+    data:str=None,            # dataset folder (default: $HEARTNB_DATA)
+    only:str=','.join(SECTIONS), # comma-separated sections to run
+    png:str=None,             # folder of 512 px set_b PNGs with manifest.csv (default: made by the conversion section)
+    model:str=None,           # a 512 px model.pkl for the predict section (default: trained briefly here)
+    out:str=str(HERE/'results.md'), # markdown report to write; with --only, its other sections are kept
+):
+    "Run the heartnb benchmarks and write a markdown report"
+    with tempfile.TemporaryDirectory(prefix='heartnb-bench-') as scratch:   # every temporary folder below lives here, removed at the end
+        tempfile.tempdir = scratch
+        try: _run(data, only, png, model, out)
+        finally: tempfile.tempdir = None

@@ -191,7 +191,7 @@ def train_job(
                    spectrogram=dict(spec_config(preset).to_dict(), preset=preset if isinstance(preset, str) else 'custom'),
                    input=input, audio=dict({k: settings[k] for k in ('duration','channels','augment')}, n_valid_clips=len(vitems),
                                            clip_accuracy=item_rep['accuracy']) if input == 'audio' else None,
-                   seconds=times, resumed=res['resumed'] or None, **_versions())
+                   seconds=times, resumed=res['resumed'] or None, mixed_precision=hasattr(learn, 'mixed_precision'), **_versions())
     atomic_write(done, lambda t: Path(t).write_text(jsonlib.dumps(metrics, indent=2)))
     shutil.rmtree(ck)                     # complete: the checkpoints (hundreds of MB) are no longer needed
     return metrics
@@ -366,11 +366,12 @@ def heartnb_spectrograms(
     include_unlabelled:bool=False, # also convert unlabelled recordings (into OUT/unlabelled)
     skip_bad:bool=False,       # report unreadable recordings but exit 0
     force:bool=False,          # convert again even when up to date
+    png_level:Annotated[int, "PNG (zlib) level: 0 is fastest, about 4x the disk; the pixels are the same at every level", dict(choices=range(10))]=1,
 ):
     "Convert a dataset's recordings into mel-spectrogram PNGs, skipping those already up to date."
     from heartnb.spectrogram import spectrogram_images
     df = index_dataset(data, subset, include_noisy=include_noisy, include_unlabelled=include_unlabelled)
-    man = spectrogram_images(df, out, preset, size, workers=workers, skip_bad=skip_bad, force=force)
+    man = spectrogram_images(df, out, preset, size, workers=workers, skip_bad=skip_bad, force=force, png_level=png_level)
     n = man.status.value_counts().to_dict()
     print(f"{n.get('done',0)} converted, {n.get('skipped',0)} up to date, {len(df)-len(man)} failed; manifest {Path(out)/'manifest.csv'}")
 

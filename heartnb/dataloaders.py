@@ -6,17 +6,18 @@ Docs: https://heartnb.github.io/heartnb/dataloaders.html.md"""
 
 # %% ../nbs/02_dataloaders.ipynb #312953d2
 from __future__ import annotations
-import numpy as np, pandas as pd
+import os
+import numpy as np, pandas as pd, torch
 from sklearn.model_selection import StratifiedGroupKFold
 from PIL import Image
 from fastai.vision.all import (DataBlock, ImageBlock, CategoryBlock, ColReader, RandomSplitter, Resize,
-                               Normalize, imagenet_stats, DataLoaders, PILImage)
+                               Normalize, imagenet_stats, DataLoaders, PILImage, default_device)
 from fastai.callback.data import *  # `DataBlock.weighted_dataloaders`
 from .spectrogram import window_frames, window_starts, window_image
 
 # %% auto #0
 __all__ = ['PatientSplitter', 'group_col', 'heart_splitter', 'window_items', 'WindowReader', 'class_balance_weights',
-           'heart_dblock', 'heart_dls']
+           'heart_dblock', 'loader_workers', 'heart_dls']
 
 # %% ../nbs/02_dataloaders.ipynb #6e7d20d0
 def PatientSplitter(
@@ -94,6 +95,15 @@ def heart_dblock(
                      item_tfms=None if windows else Resize(size, method='squish'),
                      batch_tfms=Normalize.from_stats(*imagenet_stats))
 
+def loader_workers(
+    device=None, # where the batches go (default: fastai's `default_device()`, a CUDA GPU when there is one)
+)->int:          # DataLoader worker processes
+    """DataLoader worker processes that fit this machine: 0 when training on the CPU, where the model step already uses
+    every core and loading is 1-2% of it (`bench/results.md`: extra workers only compete with the step); on a GPU,
+    min(8, cores), so that images are decoded while the GPU computes."""
+    device = torch.device(device) if device is not None else default_device()
+    return 0 if device.type == 'cpu' else min(8, os.cpu_count() or 1)
+
 def heart_dls(
     manifest:pd.DataFrame, # rows with `png` (absolute path), `label`, `patient` (see `load_manifest`), or window items
     split:str='random',    # 'random' or 'patient'
@@ -101,7 +111,7 @@ def heart_dls(
     seed:int=42,           # seed of the split
     size:int=512,          # image side, pixels
     bs:int=4,              # batch size (the seed's 4; larger batches train faster per epoch)
-    num_workers:int=0,     # DataLoader worker processes
+    num_workers:int=None,  # DataLoader worker processes (default: `loader_workers`)
     windows:bool=False,    # `manifest` holds window items (`window_items`)
     balance:str=None,      # 'oversample': draw training items inversely to class frequency (`WeightedDL`); None: as they come
     splitter=None,         # replaces the split `split` names, see `heart_dblock`
@@ -111,6 +121,7 @@ def heart_dls(
     "Training and validation `DataLoaders` of spectrogram images (or windows) from a manifest. Raises `ValueError` for an unknown `balance`."
     if balance not in (None, 'none', 'weights', 'oversample'): raise ValueError(f"balance must be 'none', 'weights' or 'oversample', not {balance!r}")
     dblock = heart_dblock(split, valid_pct, seed, size, vocab, windows, splitter)
+    if num_workers is None: num_workers = loader_workers(kwargs.get('device'))
     if balance == 'oversample':
         return dblock.weighted_dataloaders(manifest, class_balance_weights(manifest.label), bs=bs, num_workers=num_workers, **kwargs)
     return dblock.dataloaders(manifest, bs=bs, num_workers=num_workers, **kwargs)  # ('weights' is the loss's business)

@@ -91,6 +91,7 @@ def heart_learner(
     metrics=(error_rate, accuracy), # fastai metrics shown each epoch
     balance:str=None,       # 'weights': class-weighted cross-entropy (`class_loss_weights`); anything else: plain
     n_in:int=3,             # input channels: 3 for RGB images; 1 adapts the first convolution (fastai's `n_in`, see `audio_learner`)
+    fp16:bool=None,         # mixed precision (fastai's `to_fp16`: float16 autocast and loss scaling); None: on a CUDA GPU only
     **kwargs,               # passed to `vision_learner`
 )->Learner:
     "A fastai `vision_learner` for heart-sound spectrograms, pretrained body frozen. Raises `WeightsUnavailableError`."
@@ -103,7 +104,8 @@ def heart_learner(
         if pretrained: ensure_imagenet_weights(f)
         learn = vision_learner(dls, f, pretrained=pretrained, metrics=list(metrics), n_in=n_in, **kwargs)
     learn.heartnb_pretrained = 'imagenet' if pretrained and weights is None else (str(weights) if weights else 'none')
-    return learn
+    if fp16 is None: fp16 = dls.device is not None and torch.device(dls.device).type == 'cuda'
+    return learn.to_fp16() if fp16 else learn
 
 # %% ../nbs/03_train.ipynb #ec7a82b6
 def find_lr(learn:Learner, fname=None, num_it:int=100)->float:

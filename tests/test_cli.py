@@ -32,6 +32,7 @@ def test_train_writes_the_run_folder(trained):
     assert 0 <= m['macro_f1'] <= 1 and 0 <= m['balanced_accuracy'] <= 1
     assert abs(m['accuracy'] + m['error_rate'] - 1) < 1e-9
     assert m['pretrained'] == 'none' and m['split'] == 'random' and m['size'] == 64
+    assert m['mixed_precision'] == m['device'].startswith('cuda')         # fastai's to_fp16 on a GPU only
     assert {'index','spectrograms','lr_find','fit_frozen','lr_find_unfrozen','fit_unfrozen','interpret','export'} <= set(m['seconds'])
     h = pd.read_csv(trained/'history.csv')
     assert h.stage.tolist() == ['frozen','unfrozen'] and {'train_loss','valid_loss','accuracy'} <= set(h.columns)
@@ -246,3 +247,16 @@ def test_real_data_evaluate_and_set_a(tmp_path):
     assert r.returncode == 0, r.stderr
     rep = json.loads(r.stdout)
     assert rep['n_recordings'] == 105 and np.array(rep['confusion_matrix']).shape == (4,4)
+
+def test_png_level_keeps_the_pixels(synth, tmp_path):
+    sizes = {}
+    for lvl in (1, 0):
+        rc,txt = run_cli('spectrograms', '--data', synth, '--out', tmp_path/f'l{lvl}', '--size', 64, '--workers', 0, '--png-level', lvl)
+        assert rc == 0, txt
+        sizes[lvl] = {p.relative_to(tmp_path/f'l{lvl}'): p for p in (tmp_path/f'l{lvl}').glob('*/*.png')}
+    assert sizes[0].keys() == sizes[1].keys() and len(sizes[0]) > 0
+    for k in sizes[0]:
+        np.testing.assert_array_equal(np.asarray(Image.open(sizes[0][k])), np.asarray(Image.open(sizes[1][k])))
+        assert sizes[0][k].stat().st_size > sizes[1][k].stat().st_size
+    rc,txt = run_cli('spectrograms', '--data', synth, '--out', tmp_path/'bad', '--png-level', 10)
+    assert rc == 2 and '--png-level' in txt and not (tmp_path/'bad').exists()

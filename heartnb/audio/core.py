@@ -15,7 +15,7 @@ from fastai.vision.all import (TensorBase, TensorImage, RandTransform, Transform
 from fastai.callback.data import *  # `DataBlock.weighted_dataloaders`
 from fastcore.foundation import L
 from ..spectrogram import spec_config, mel_basis, load_audio, window_starts
-from ..dataloaders import heart_splitter, class_balance_weights
+from ..dataloaders import heart_splitter, class_balance_weights, loader_workers
 
 # %% auto #0
 __all__ = ['GREY_STATS', 'AudioTensor', 'crop_pad', 'CropPad', 'AudioBlock', 'MelSpecDB', 'MelSpecImage', 'AudioToSpec',
@@ -193,7 +193,7 @@ def audio_dls(
     bs:int=16,             # batch size
     augment=None,          # None: no augmentation; or (item_tfms, batch_tfms), e.g. `audio_augs()`
     balance:str=None,      # 'oversample' (`WeightedDL`), or None/'weights' (the loss's business)
-    num_workers:int=0,     # DataLoader worker processes
+    num_workers:int=None,  # DataLoader worker processes (default: `loader_workers`)
     splitter=None,         # replaces the split `split` names
     vocab:list=None,       # class order
     **kwargs,              # passed to `DataBlock.dataloaders` (e.g. `device`)
@@ -207,6 +207,7 @@ def audio_dls(
     is_valid[(splitter or heart_splitter(split, valid_pct, seed))(df)[1]] = True      # split the recordings, then cut clips
     items = clip_items(df, spec_config(cfg).sr, duration, is_valid)
     db = audio_dblock(cfg, duration, size, channels, vocab, list(it), list(bt))
+    if num_workers is None: num_workers = loader_workers(kwargs.get('device'))
     if balance == 'oversample':                                   # class frequencies of the training recordings
         w = np.zeros(len(items)); w[~items.is_valid] = class_balance_weights(items.label[~items.is_valid])
         dls = db.weighted_dataloaders(items, w, bs=bs, num_workers=num_workers, **kwargs)
