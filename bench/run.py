@@ -276,6 +276,6 @@ def main(
 ):
     "Run the heartnb benchmarks and write a markdown report"
     with tempfile.TemporaryDirectory(prefix='heartnb-bench-') as scratch:   # every temporary folder below lives here, removed at the end
-        tempfile.tempdir = scratch
+        old,tempfile.tempdir = tempfile.tempdir,scratch
         try: _run(data, only, png, model, out)
-        finally: tempfile.tempdir = None
+        finally: tempfile.tempdir = old

@@ -99,10 +99,11 @@ def loader_workers(
     device=None, # where the batches go (default: fastai's `default_device()`, a CUDA GPU when there is one)
 )->int:          # DataLoader worker processes
     """DataLoader worker processes that fit this machine: 0 when training on the CPU, where the model step already uses
-    every core and loading is 1-2% of it (`bench/results.md`: extra workers only compete with the step); on a GPU,
-    min(8, cores), so that images are decoded while the GPU computes."""
+    every core and loading is 1-2% of it (`bench/results.md`: extra workers only compete with the step); on a CUDA GPU,
+    min(8, cores), so that images are decoded while the GPU computes. (fastai itself uses none on macOS.)"""
     device = torch.device(device) if device is not None else default_device()
-    return 0 if device.type == 'cpu' else min(8, os.cpu_count() or 1)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1)  # the cores this process may use
+    return min(8, cores) if device.type == 'cuda' else 0
 
 def heart_dls(
     manifest:pd.DataFrame, # rows with `png` (absolute path), `label`, `patient` (see `load_manifest`), or window items

@@ -12,6 +12,7 @@ import numpy as np, torch
 from fastai.vision.all import load_learner, Learner, Normalize, create_vision_model, imagenet_stats
 from .data import HeartnbError
 from .spectrogram import spec_config, wav2image, wav_windows, SpecConfig, atomic_write, load_audio
+from .dataloaders import loader_workers
 
 # %% auto #0
 __all__ = ['SAFE_FORMAT', 'export_model', 'load_model', 'UnsafeModelError', 'export_safe', 'tta_shifts', 'SafeModel', 'Ensemble',
@@ -62,6 +63,7 @@ def load_model(fname, cpu:bool=True)->Learner:
     if not fname.exists(): raise HeartnbError(f"model file {fname} not found: train one with `heartnb train` (it writes RUN_DIR/model.pkl).")
     learn = load_learner(fname, cpu=cpu)
     if not hasattr(learn, 'heartnb_spec'): raise HeartnbError(f"{fname} has no heartnb spectrogram settings: export it with `export_model`.")
+    for dl in learn.dls.loaders: dl.fake_l.num_workers = loader_workers(learn.dls.device)   # this machine's, not the trainer's
     return learn
 
 SAFE_FORMAT = 'heartnb-safetensors-1'

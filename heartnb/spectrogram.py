@@ -177,7 +177,7 @@ def png_bytes(
     `ValueError` for anything but a 2-D uint8 array, or a level outside 0-9."""
     img = np.asarray(img)
     if img.ndim != 2 or img.dtype != np.uint8: raise ValueError(f"expected a 2-D uint8 image, got shape {img.shape} and dtype {img.dtype}")
-    if level not in range(10): raise ValueError(f"the PNG (zlib) level must be an integer from 0 to 9, got {level!r}")
+    if not (isinstance(level, int) and 0 <= level <= 9): raise ValueError(f"the PNG (zlib) level must be an integer from 0 to 9, got {level!r}")
     return bytes(imagecodecs.png_encode(np.ascontiguousarray(img), level=level, filter=imagecodecs.PNG.FILTER.UP))
 
 def save_png(img:np.ndarray, fn, level:int=1)->Path:
@@ -222,7 +222,7 @@ def spectrogram_images(
 )->pd.DataFrame:         # the manifest: `df`'s columns plus `png` (relative to `out`) and `status`, for converted rows only
     "Convert the recordings of `df` into PNG spectrogram images under `out`, skipping those already up to date."
     out,cfg = Path(out),spec_config(cfg)
-    if png_level not in range(10): raise ValueError(f"png_level must be an integer from 0 to 9, got {png_level!r}")
+    if not (isinstance(png_level, int) and 0 <= png_level <= 9): raise ValueError(f"png_level must be an integer from 0 to 9, got {png_level!r}")
     out.mkdir(parents=True, exist_ok=True)
     settings = dict(cfg.to_dict(), size=size)
     cfg_file = out/'spec_config.json'

@@ -148,8 +148,9 @@ class TrainState:
         if not self.folder: return
         old,ck = self.d['checkpoint'],f'{stage}-{epoch+1}.pth'
         atomic_write(self.folder/ck, lambda t: save_model(t, learn.model, learn.opt, with_opt=True))
-        sl = learn.recorder.smooth_loss
-        self.d.update(checkpoint=ck, rng=_rng_state(learn), smooth_loss=[float(sl.val), int(sl.count)])
+        sl,scaler = learn.recorder.smooth_loss,getattr(learn, 'scaler', None)   # (the loss scaler of mixed precision, on a GPU)
+        self.d.update(checkpoint=ck, rng=_rng_state(learn), smooth_loss=[float(sl.val), int(sl.count)],
+                      scaler=scaler.state_dict() if scaler is not None else None)
         self.write()                                   # state.json names the new file only once it is complete
         if old and old != ck: (self.folder/old).unlink(missing_ok=True)
 
@@ -186,6 +187,9 @@ class EpochCheckpoint(Callback):
         sl = self.state.d.get('smooth_loss')
         if self.epoch == self.start_epoch > 0 and sl:   # carry on the running average of the training loss
             self.learn.recorder.smooth_loss.val,self.learn.recorder.smooth_loss.count = torch.tensor(sl[0]),sl[1]
+        sc = self.state.d.get('scaler')
+        if self.epoch == self.start_epoch > 0 and sc and getattr(self.learn, 'scaler', None) is not None:
+            self.learn.scaler.load_state_dict(sc)       # mixed precision: the loss scale the run had reached, not a fresh one
     def after_epoch(self):
         if self.epoch >= self.start_epoch: self.state.end_epoch(self.learn, self.stage, self.epoch)
 
