@@ -17,7 +17,7 @@ from .spectrogram import window_frames, window_starts, window_image
 
 # %% auto #0
 __all__ = ['PatientSplitter', 'group_col', 'heart_splitter', 'window_items', 'WindowReader', 'class_balance_weights',
-           'heart_dblock', 'loader_workers', 'heart_dls']
+           'heart_dblock', 'loader_workers', 'check_balance', 'dblock_dls', 'heart_dls']
 
 # %% ../nbs/02_dataloaders.ipynb #6e7d20d0
 def PatientSplitter(
@@ -105,6 +105,24 @@ def loader_workers(
     cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1)  # the cores this process may use
     return min(8, cores) if device.type == 'cuda' else 0
 
+def check_balance(balance:str)->str:
+    "`balance` itself if it is one heartnb knows (None, 'none', 'weights', 'oversample'); else raises `ValueError`."
+    if balance not in (None, 'none', 'weights', 'oversample'): raise ValueError(f"balance must be 'none', 'weights' or 'oversample', not {balance!r}")
+    return balance
+
+def dblock_dls(
+    dblock:DataBlock,      # how items become batches
+    items,                 # the items (a DataFrame)
+    bs:int=4,              # batch size
+    num_workers:int=None,  # DataLoader worker processes (default: `loader_workers`)
+    weights=None,          # per-item sampling weights: fastai's `WeightedDL` draws training items with them; None: as they come
+    **kwargs,              # passed to `DataBlock.dataloaders` (e.g. `device`)
+)->DataLoaders:
+    "`dblock`'s DataLoaders over `items`, with this machine's worker count: the last step of `heart_dls` and `audio_dls`."
+    if num_workers is None: num_workers = loader_workers(kwargs.get('device'))
+    if weights is not None: return dblock.weighted_dataloaders(items, weights, bs=bs, num_workers=num_workers, **kwargs)
+    return dblock.dataloaders(items, bs=bs, num_workers=num_workers, **kwargs)
+
 def heart_dls(
     manifest:pd.DataFrame, # rows with `png` (absolute path), `label`, `patient` (see `load_manifest`), or window items
     split:str='random',    # 'random' or 'patient'
@@ -120,9 +138,6 @@ def heart_dls(
     **kwargs,              # passed to `DataBlock.dataloaders` (e.g. `device`)
 )->DataLoaders:
     "Training and validation `DataLoaders` of spectrogram images (or windows) from a manifest. Raises `ValueError` for an unknown `balance`."
-    if balance not in (None, 'none', 'weights', 'oversample'): raise ValueError(f"balance must be 'none', 'weights' or 'oversample', not {balance!r}")
-    dblock = heart_dblock(split, valid_pct, seed, size, vocab, windows, splitter)
-    if num_workers is None: num_workers = loader_workers(kwargs.get('device'))
-    if balance == 'oversample':
-        return dblock.weighted_dataloaders(manifest, class_balance_weights(manifest.label), bs=bs, num_workers=num_workers, **kwargs)
-    return dblock.dataloaders(manifest, bs=bs, num_workers=num_workers, **kwargs)  # ('weights' is the loss's business)
+    check_balance(balance)
+    return dblock_dls(heart_dblock(split, valid_pct, seed, size, vocab, windows, splitter), manifest, bs, num_workers,
+                      class_balance_weights(manifest.label) if balance == 'oversample' else None, **kwargs)  # ('weights' is the loss's business)

@@ -168,6 +168,11 @@ def atomic_write(fn:Path, write):
     finally:
         if os.path.exists(tmp): os.remove(tmp)
 
+def _png_level(level)->int:
+    "`level` if it is a zlib level (an integer from 0 to 9), else `ValueError`"
+    if not (isinstance(level, (int, np.integer)) and 0 <= level <= 9): raise ValueError(f"the PNG (zlib) level must be an integer from 0 to 9, got {level!r}")
+    return int(level)
+
 def png_bytes(
     img:np.ndarray, # uint8, shape (height, width)
     level:int=1,    # zlib level, 0-9: 0 stores the filtered rows uncompressed (fastest; about 4x the bytes of 1)
@@ -177,8 +182,7 @@ def png_bytes(
     `ValueError` for anything but a 2-D uint8 array, or a level outside 0-9."""
     img = np.asarray(img)
     if img.ndim != 2 or img.dtype != np.uint8: raise ValueError(f"expected a 2-D uint8 image, got shape {img.shape} and dtype {img.dtype}")
-    if not (isinstance(level, int) and 0 <= level <= 9): raise ValueError(f"the PNG (zlib) level must be an integer from 0 to 9, got {level!r}")
-    return bytes(imagecodecs.png_encode(np.ascontiguousarray(img), level=level, filter=imagecodecs.PNG.FILTER.UP))
+    return bytes(imagecodecs.png_encode(np.ascontiguousarray(img), level=_png_level(level), filter=imagecodecs.PNG.FILTER.UP))
 
 def save_png(img:np.ndarray, fn, level:int=1)->Path:
     "Save the uint8 image `img` (shape (height, width)) to `fn` as a grayscale PNG (`png_bytes` at zlib `level`), atomically (temporary file, then rename). Returns `fn`."
@@ -222,7 +226,7 @@ def spectrogram_images(
 )->pd.DataFrame:         # the manifest: `df`'s columns plus `png` (relative to `out`) and `status`, for converted rows only
     "Convert the recordings of `df` into PNG spectrogram images under `out`, skipping those already up to date."
     out,cfg = Path(out),spec_config(cfg)
-    if not (isinstance(png_level, int) and 0 <= png_level <= 9): raise ValueError(f"png_level must be an integer from 0 to 9, got {png_level!r}")
+    png_level = _png_level(png_level)   # now, not once per file in the workers
     out.mkdir(parents=True, exist_ok=True)
     settings = dict(cfg.to_dict(), size=size)
     cfg_file = out/'spec_config.json'

@@ -15,7 +15,7 @@ from fastai.vision.all import (TensorBase, TensorImage, RandTransform, Transform
 from fastai.callback.data import *  # `DataBlock.weighted_dataloaders`
 from fastcore.foundation import L
 from ..spectrogram import spec_config, mel_basis, load_audio, window_starts
-from ..dataloaders import heart_splitter, class_balance_weights, loader_workers
+from ..dataloaders import heart_splitter, class_balance_weights, check_balance, dblock_dls
 
 # %% auto #0
 __all__ = ['GREY_STATS', 'AudioTensor', 'crop_pad', 'CropPad', 'AudioBlock', 'MelSpecDB', 'MelSpecImage', 'AudioToSpec',
@@ -200,18 +200,16 @@ def audio_dls(
 )->DataLoaders:
     """Training and validation `DataLoaders` of recordings (validation ones as clips, `clip_items`), spectrograms
     computed per batch. `dls.heartnb_audio` records the settings. Raises `ValueError` for an unknown `balance`."""
-    if balance not in (None, 'none', 'weights', 'oversample'): raise ValueError(f"balance must be 'none', 'weights' or 'oversample', not {balance!r}")
+    check_balance(balance)
     it,bt = augment or ([], [])
     df = df.reset_index(drop=True)
     is_valid = np.zeros(len(df), bool)
     is_valid[(splitter or heart_splitter(split, valid_pct, seed))(df)[1]] = True      # split the recordings, then cut clips
     items = clip_items(df, spec_config(cfg).sr, duration, is_valid)
-    db = audio_dblock(cfg, duration, size, channels, vocab, list(it), list(bt))
-    if num_workers is None: num_workers = loader_workers(kwargs.get('device'))
+    w = None
     if balance == 'oversample':                                   # class frequencies of the training recordings
         w = np.zeros(len(items)); w[~items.is_valid] = class_balance_weights(items.label[~items.is_valid])
-        dls = db.weighted_dataloaders(items, w, bs=bs, num_workers=num_workers, **kwargs)
-    else: dls = db.dataloaders(items, bs=bs, num_workers=num_workers, **kwargs)
+    dls = dblock_dls(audio_dblock(cfg, duration, size, channels, vocab, list(it), list(bt)), items, bs, num_workers, w, **kwargs)
     dls.heartnb_audio = dict(duration=float(duration), channels=channels, spectrogram=spec_config(cfg).to_dict(), size=size)
     return dls
 
