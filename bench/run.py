@@ -5,8 +5,9 @@
 
 Sections: `conversion` (heartnb vs a seed-style matplotlib `specshow` + `savefig` baseline, and worker scaling),
 `memory` (peak RSS of conversion as the number of files grows), `pipeline` (seconds per batch waiting for data vs in
-forward/backward, 512 px, batch 4 and 16), `epochs` (seconds per epoch, frozen and unfrozen, 512 px), `predict`
-(cold and warm latency per recording, folder throughput).
+forward/backward, 512 px, batch 4 and 16), `epochs` (seconds per epoch, frozen and unfrozen, 512 px; on a CUDA GPU
+also batch 64, and float32 vs mixed precision), `predict` (cold and warm latency per recording, folder throughput).
+On a GPU machine the pipeline and epoch sections run there (fastai's default device) and say so in their headings.
 """
 from __future__ import annotations
 import os, sys, time, json, platform, subprocess, tempfile, resource, statistics
@@ -135,26 +136,42 @@ def bench_memory(df, ns=(50, 100, 200, 400)):
         "\n\nFlat means the peak does not grow with the number of files: each recording is read, converted, written and dropped."
 
 # --- training input pipeline -------------------------------------------------------------------------------------
-def _learner(png_dir, bs, num_workers=0):
+def _device()->str:
+    "Where the model runs: the CUDA GPU's name, or 'CPU'"
+    import torch
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'CPU'
+
+def _learner(png_dir, bs, num_workers=0, fp16=None):
+    "A 512 px ResNet34 learner on the set_b PNGs (fastai's default device: the GPU when there is one; `fp16` None: mixed precision there)"
     from fastai.vision.all import set_seed
     from heartnb.spectrogram import load_manifest
     from heartnb.dataloaders import heart_dls
     from heartnb.train import heart_learner
     set_seed(42)
     dls = heart_dls(load_manifest(png_dir), 'random', 0.3, 42, 512, bs, num_workers=num_workers)
-    return heart_learner(dls, pretrained=False)
+    return heart_learner(dls, pretrained=False, fp16=fp16)
+
+def _sync():
+    "Wait for the GPU's queued work, so that a timer stopped now counts it"
+    import torch
+    if torch.cuda.is_available(): torch.cuda.synchronize()
 
 def _data_vs_step(learn, n_batches:int=8)->list:
     "Mean seconds per training batch waiting for data and in forward + backward + optimizer step, frozen then unfrozen"
+    import torch
+    from fastai.callback.fp16 import MixedPrecision
+    amp = any(isinstance(cb, MixedPrecision) for cb in learn.cbs)
     rows = []
     for stage in ('frozen', 'unfrozen'):
         learn.freeze() if stage=='frozen' else learn.unfreeze()
         learn.model.train(); opt = learn.opt
         it = iter(learn.dls.train); waits,steps = [],[]
         for i in range(n_batches + 2):
-            t = time.perf_counter(); x,y = next(it); t1 = time.perf_counter()
-            loss = learn.loss_func(learn.model(x), y); loss.backward(); opt.step(); opt.zero_grad()
-            t2 = time.perf_counter()
+            _sync(); t = time.perf_counter(); x,y = next(it); _sync(); t1 = time.perf_counter()
+            with torch.autocast(x.device.type, enabled=amp):   # float16 where fastai's MixedPrecision would use it
+                loss = learn.loss_func(learn.model(x), y)
+            loss.backward(); opt.step(); opt.zero_grad()
+            _sync(); t2 = time.perf_counter()
             if i >= 2: waits.append(t1-t); steps.append(t2-t1)   # the first two batches warm up
         w,s = statistics.mean(waits),statistics.mean(steps)
         rows.append(dict(stage=stage, data_s=w, step_s=s, data_share=f"{w/(w+s):.1%}", images_per_s=learn.dls.bs/(w+s)))
@@ -162,12 +179,12 @@ def _data_vs_step(learn, n_batches:int=8)->list:
 
 def bench_pipeline(png_dir, n_batches:int=8):
     "Seconds per training batch spent waiting for data vs in forward + backward + optimizer step"
-    import torch
+    from heartnb.dataloaders import loader_workers
     rows = []
     for bs in (4, 16):
-        for nw in (0, 2):
+        for nw in sorted({0, 2, loader_workers()}):    # loader_workers(): heartnb's default, 0 on the CPU, min(8, cores) on a GPU
             rows += [dict(bs=bs, loader_workers=nw, **r) for r in _data_vs_step(_learner(png_dir, bs, nw), n_batches)]
-    return "### Training input pipeline vs model step, 512 px, ResNet34, CPU\n\n" + \
+    return f"### Training input pipeline vs model step, 512 px, ResNet34, {_device()}\n\n" + \
         table(rows, ['bs','loader_workers','stage','data_s','step_s','data_share','images_per_s']) + \
         "\n\n`data_s`: seconds per batch waiting for the DataLoader (PNG decode, resize, normalise); `step_s`: forward, backward and optimizer step."
 
@@ -181,21 +198,32 @@ def bench_pipeline_audio(df, n_batches:int=8):
         set_seed(42)
         dls = audio_dls(df, size=512, bs=bs, augment=audio_augs(), num_workers=0)
         rows += [dict(bs=bs, loader_workers=0, **r) for r in _data_vs_step(audio_learner(dls, pretrained=False), n_batches)]
-    return "### Audio path: input pipeline vs model step, 5 s clips, 512 px, 1 channel, ResNet34, CPU\n\n" + \
+    return f"### Audio path: input pipeline vs model step, 5 s clips, 512 px, 1 channel, ResNet34, {_device()}\n\n" + \
         table(rows, ['bs','loader_workers','stage','data_s','step_s','data_share','images_per_s']) + \
         "\n\n`data_s`: seconds per batch waiting for the DataLoader and its batch transforms: WAV read, tempo/pitch change, " + \
         "crop, noise (and gain, a no-op here), mel spectrogram in torch, resize to 512 px, time shift and masks, normalise."
 
 def bench_epochs(png_dir, bs:int=4):
-    "Seconds of one real epoch (train + validation), frozen then unfrozen, 512 px"
+    "Seconds of one real epoch (train + validation), frozen then unfrozen, 512 px; on a CUDA GPU also at batch size 64, float32 vs mixed precision"
+    import torch
     from fastai.vision.all import ProgressCallback
-    learn = _learner(png_dir, bs); learn.remove_cb(ProgressCallback)
+    gpu = torch.cuda.is_available()
+    runs = [(b, fp16) for b in (bs, 64) for fp16 in (False, True)] if gpu else [(bs, False)]   # float16 only pays on a GPU
     rows = []
-    for stage in ('frozen', 'unfrozen'):
-        learn.freeze() if stage=='frozen' else learn.unfreeze()
-        t = time.perf_counter(); learn.fit_one_cycle(1, 1e-4)
-        rows.append(dict(stage=stage, bs=bs, train_batches=len(learn.dls.train), epoch_s=time.perf_counter()-t))
-    return f"### Seconds per epoch, 512 px, batch size {bs}, CPU\n\n" + table(rows, ['stage','bs','train_batches','epoch_s'])
+    for b,fp16 in runs:
+        learn = _learner(png_dir, b, fp16=fp16); learn.remove_cb(ProgressCallback)
+        for stage in ('frozen', 'unfrozen'):
+            learn.freeze() if stage=='frozen' else learn.unfreeze()
+            _sync(); t = time.perf_counter(); learn.fit_one_cycle(1, 1e-4); _sync()
+            rows.append(dict(stage=stage, bs=b, mixed_precision=fp16, loader_workers=learn.dls.train.fake_l.num_workers,
+                             train_batches=len(learn.dls.train), epoch_s=time.perf_counter()-t))
+    for r in rows:   # speed-up of mixed precision over float32, same stage and batch size
+        f32 = next(o for o in rows if (o['stage'],o['bs'],o['mixed_precision']) == (r['stage'],r['bs'],False))
+        r['speedup'] = f32['epoch_s']/r['epoch_s']
+    return f"### Seconds per epoch, 512 px, {_device()}\n\n" + \
+        table(rows, ['stage','bs','mixed_precision','loader_workers','train_batches','epoch_s','speedup']) + \
+        "\n\n`speedup`: float32 epoch seconds over this row's, same stage and batch size. The first epoch includes the first batches' warm-up."
+
 
 # --- predict ----------------------------------------------------------------------------------------------------
 def bench_predict(model_pkl, wavs, n_warm:int=10):

@@ -112,16 +112,20 @@ def check_balance(balance:str)->str:
 
 def dblock_dls(
     dblock:DataBlock,      # how items become batches
-    items,                 # the items (a DataFrame)
+    items:pd.DataFrame,    # the items, with a `label` column
     bs:int=4,              # batch size
     num_workers:int=None,  # DataLoader worker processes (default: `loader_workers`)
-    weights=None,          # per-item sampling weights: fastai's `WeightedDL` draws training items with them; None: as they come
-    **kwargs,              # passed to `DataBlock.dataloaders` (e.g. `device`)
+    oversample:bool=False, # draw training items inversely to their class's frequency among the *training* items (`WeightedDL`)
+    **kwargs,              # passed to `Datasets.dataloaders` (e.g. `device`)
 )->DataLoaders:
-    "`dblock`'s DataLoaders over `items`, with this machine's worker count: the last step of `heart_dls` and `audio_dls`."
+    """`dblock`'s DataLoaders over `items`, with this machine's worker count: the last step of `heart_dls` and `audio_dls`.
+    With `oversample`, the sampling weights come from the training split only (`class_balance_weights` of its labels),
+    so the validation labels play no part in training; validation batches are unchanged."""
     if num_workers is None: num_workers = loader_workers(kwargs.get('device'))
-    if weights is not None: return dblock.weighted_dataloaders(items, weights, bs=bs, num_workers=num_workers, **kwargs)
-    return dblock.dataloaders(items, bs=bs, num_workers=num_workers, **kwargs)
+    dss = dblock.datasets(items)    # split once: the weights below must follow the same split
+    kw = dict(bs=bs, num_workers=num_workers, after_item=dblock.item_tfms, after_batch=dblock.batch_tfms, **{**dblock.dls_kwargs, **kwargs})
+    if not oversample: return dss.dataloaders(**kw)
+    return dss.weighted_dataloaders(class_balance_weights(np.asarray(items['label'])[dss.splits[0]]), **kw)
 
 def heart_dls(
     manifest:pd.DataFrame, # rows with `png` (absolute path), `label`, `patient` (see `load_manifest`), or window items
@@ -140,4 +144,4 @@ def heart_dls(
     "Training and validation `DataLoaders` of spectrogram images (or windows) from a manifest. Raises `ValueError` for an unknown `balance`."
     check_balance(balance)
     return dblock_dls(heart_dblock(split, valid_pct, seed, size, vocab, windows, splitter), manifest, bs, num_workers,
-                      class_balance_weights(manifest.label) if balance == 'oversample' else None, **kwargs)  # ('weights' is the loss's business)
+                      balance == 'oversample', **kwargs)  # ('weights' is the loss's business)

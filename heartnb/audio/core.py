@@ -12,10 +12,9 @@ import numpy as np, pandas as pd, torch, torch.nn.functional as F
 import matplotlib.pyplot as plt
 from fastai.vision.all import (TensorBase, TensorImage, RandTransform, Transform, TransformBlock, DataBlock, CategoryBlock,
                                ColReader, ColSplitter, DataLoaders, Normalize, imagenet_stats)
-from fastai.callback.data import *  # `DataBlock.weighted_dataloaders`
 from fastcore.foundation import L
 from ..spectrogram import spec_config, mel_basis, load_audio, window_starts
-from ..dataloaders import heart_splitter, class_balance_weights, check_balance, dblock_dls
+from ..dataloaders import heart_splitter, check_balance, dblock_dls
 
 # %% auto #0
 __all__ = ['GREY_STATS', 'AudioTensor', 'crop_pad', 'CropPad', 'AudioBlock', 'MelSpecDB', 'MelSpecImage', 'AudioToSpec',
@@ -206,10 +205,8 @@ def audio_dls(
     is_valid = np.zeros(len(df), bool)
     is_valid[(splitter or heart_splitter(split, valid_pct, seed))(df)[1]] = True      # split the recordings, then cut clips
     items = clip_items(df, spec_config(cfg).sr, duration, is_valid)
-    w = None
-    if balance == 'oversample':                                   # class frequencies of the training recordings
-        w = np.zeros(len(items)); w[~items.is_valid] = class_balance_weights(items.label[~items.is_valid])
-    dls = dblock_dls(audio_dblock(cfg, duration, size, channels, vocab, list(it), list(bt)), items, bs, num_workers, w, **kwargs)
+    dls = dblock_dls(audio_dblock(cfg, duration, size, channels, vocab, list(it), list(bt)), items, bs, num_workers,
+                     balance == 'oversample', **kwargs)   # weights from the training recordings' classes
     dls.heartnb_audio = dict(duration=float(duration), channels=channels, spectrogram=spec_config(cfg).to_dict(), size=size)
     return dls
 
