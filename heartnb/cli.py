@@ -169,8 +169,10 @@ def train_job(
     o = dict(settings, window=window, window_hop=window_hop, balance=balance, weights=weights, lr_mult=lr_mult)
     learn,res = _fit(items, out, o, progress=progress, checkpoints=ck, resume=resume)
     times.update(res['times']); t = time.time()
-    rep = interpret(learn, out)          # figures; per model input (a window or an audio clip, if so)
-    rec_rep,pred = learner_report(learn) # per recording (each recording's windows or clips averaged)
+    vdl = learn.dls.valid.new(shuffle=False, drop_last=False)
+    preds = learn.get_preds(dl=vdl, with_loss=True)               # one validation pass serves both reports
+    rep = interpret(learn, out, vdl, preds=preds)                 # figures; per model input (a window or an audio clip, if so)
+    rec_rep,pred = learner_report(learn, vdl, probs=preds[0])     # per recording (each recording's windows or clips averaged)
     atomic_write(out/'predictions.csv', lambda f: pred.to_csv(f, index=False))
     if window or input == 'audio':       # the metrics count recordings
         item_rep,rep = rep,rec_rep

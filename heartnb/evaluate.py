@@ -55,10 +55,11 @@ def recording_probs(
 def learner_report(
     learn,              # a trained `Learner`
     dl=None,            # DataLoader to evaluate (default: the validation set, in order)
+    probs=None,         # class probabilities of `dl`'s items, shape (len(dl.items), n_classes), if already computed (`learn.get_preds`)
 )->tuple:               # (`classification_report` over recordings, DataFrame: path, label, patient, predicted, one column per class)
     "Recording-level metrics of `learn` on `dl` (windows averaged per recording, see `recording_probs`)."
     if dl is None: dl = learn.dls.valid.new(shuffle=False, drop_last=False)
-    probs,_ = learn.get_preds(dl=dl)
+    if probs is None: probs,_ = learn.get_preds(dl=dl)
     vocab = list(map(str, learn.dls.vocab))
     recs,p = recording_probs(dl.items, probs)
     rep = classification_report(recs.label.map(vocab.index).values, p.argmax(1).numpy(), vocab)

@@ -58,10 +58,11 @@ def interpret(
     out=None,        # folder for `confusion_matrix.png` and `top_losses.png` (nothing saved if None)
     dl=None,         # DataLoader to evaluate (default: the validation set)
     k:int=9,         # number of top losses to plot
+    preds=None,      # (probs, targets, losses) of `dl` from `learn.get_preds(dl=dl, with_loss=True)`, if already computed
 )->dict:             # `classification_report` of the predictions
     "Predict `dl` (the validation set), report the metrics, and save the confusion matrix and top-losses figures."
     if dl is None: dl = learn.dls.valid.new(shuffle=False, drop_last=False)
-    probs,targs,losses = learn.get_preds(dl=dl, with_loss=True)  # one pass serves the metrics and the top losses
+    probs,targs,losses = preds if preds is not None else learn.get_preds(dl=dl, with_loss=True)  # one pass serves the metrics and the top losses
     interp = ClassificationInterpretation(learn, dl, losses)
     classes = list(learn.dls.vocab)
     rep = classification_report(targs.numpy(), probs.argmax(1).numpy(), classes)
