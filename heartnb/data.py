@@ -13,8 +13,9 @@ from fastcore.xtras import untar_dir
 from fastdownload import download_url
 
 # %% auto #0
-__all__ = ['SUBSETS', 'NOISY_SUBLABELS', 'DATA_ENV', 'HeartnbError', 'DatasetError', 'ChecksumError', 'data_path', 'disk_name',
-           'patient_id', 'index_dataset', 'sha256sum', 'download']
+__all__ = ['SUBSETS', 'NOISY_SUBLABELS', 'DATA_ENV', 'INDEX_COLS', 'PHYSIONET_LABELS', 'AUDIO_EXTS', 'DATASETS', 'HeartnbError',
+           'DatasetError', 'ChecksumError', 'data_path', 'disk_name', 'patient_id', 'check_rows', 'index_pascal',
+           'index_physionet2016', 'index_folder', 'index_csv', 'index_dataset', 'sha256sum', 'download']
 
 # %% ../nbs/00_data.ipynb #09bd794a
 class HeartnbError(Exception):
@@ -69,7 +70,7 @@ def patient_id(
     m = _re_patient.search(Path(fname).name)
     return m[1] if m else None
 
-# %% ../nbs/00_data.ipynb #a33da829
+# %% ../nbs/00_data.ipynb #029ed90d
 def _audio_info(p:Path):
     "(duration s, sample rate Hz) from the header of `p`; (NaN, NaN) if it cannot be read (the conversion step reports why)"
     try: i = sf.info(str(p))
@@ -81,25 +82,64 @@ def _lines(idx)->str:
     idx = list(idx)
     return f"line{'s' if len(idx)>1 else ''} {', '.join(map(str, idx[:5]))}{', ...' if len(idx)>5 else ''}"
 
-def index_dataset(
-    path=None,                 # dataset folder (default: `$HEARTNB_DATA`), see `data_path`
-    subset:str='b',            # 'b' (normal/murmur/extrastole) or 'a' (normal/murmur/extrahls/artifact)
-    include_noisy:bool=False,  # keep set_b's noisy recordings (sublabels noisynormal, noisymurmur)?
-    include_unlabelled:bool=False, # keep recordings without a label (label '')?
-    missing:str='raise',       # a listed file absent from disk: 'raise' a `DatasetError`, or 'drop' the row
-    audio_info:bool=True,      # read each WAV header for `duration` and `sr` (else those columns are NaN)
-    unknown:str='raise',       # a label not in `SUBSETS[subset]`: 'raise' a `DatasetError`, or 'drop' the row
-)->pd.DataFrame:               # one row per recording, columns below
-    """Index the recordings of `subset` as a DataFrame with columns `path` (absolute path of the WAV), `fname`
-    (as in the CSV), `label`, `sublabel`, `dataset`, `patient` (set_b patient id; the file stem for set_a),
-    `duration` (s) and `sr` (Hz; both NaN where the WAV header cannot be read).
-    Rows that repeat another exactly are dropped. Raises `DatasetError`, naming the CSV, the lines and what to do, for
-    a missing folder or CSV, a recording listed on rows that differ, and (unless `unknown`/`missing` is 'drop') a
-    label not in `SUBSETS[subset]` or a listed file that is not on disk."""
-    if subset not in SUBSETS: raise ValueError(f"subset must be one of {list(SUBSETS)}, not {subset!r}")
+# %% ../nbs/00_data.ipynb #2e5b37da
+def check_rows(
+    df:pd.DataFrame,           # rows read from `src`: `fname` (as listed), `label`; index = the line numbers
+    src,                       # the file the rows come from, for messages
+    to_path,                   # `fname` → the recording's `Path` on disk
+    classes:list=None,         # the labels allowed (None: any non-empty label)
+    missing:str='raise',       # a listed file absent from disk: 'raise' or 'drop'
+    unknown:str='raise',       # a label not in `classes`: 'raise' or 'drop'
+    include_unlabelled:bool=False, # keep rows with an empty label?
+    what:str='the dataset',    # what `classes` belong to, for messages
+)->pd.DataFrame:               # the rows kept, with `path` (absolute path text) added
+    """The rules every dataset index applies to its listed rows: exact repeats dropped; one recording on rows that
+    differ, a label not in `classes`, a file missing from disk raise `DatasetError` naming `src` and the lines (or
+    the last two are dropped, if asked)."""
     for k,v in dict(missing=missing, unknown=unknown).items():
         if v not in ('raise','drop'): raise ValueError(f"{k} must be 'raise' or 'drop', not {v!r}")
-    root = data_path(path)
+    df = df[~df.duplicated()]
+    if (dup := df.fname.duplicated(keep=False)).any():
+        ex = '; '.join(f"{f} ({_lines(g.index)}: labels {', '.join(map(repr, g.label))})"
+                       for f,g in list(df[dup].groupby('fname', sort=False))[:3])
+        raise DatasetError(f"{src}: {df[dup].fname.nunique()} recording(s) are listed on more than one row, and the rows differ: "
+                           f"{ex}. Keep one row per recording, with the right label.")
+    if not include_unlabelled: df = df[df.label!='']
+    if classes is not None and (odd := ~df.label.isin(list(classes) + [''])).any():
+        if unknown=='raise':
+            raise DatasetError(f"{src}: {odd.sum()} row(s) have a label that is not one of {what}'s {list(classes)}: "
+                               f"{sorted(set(df.label[odd]))} on {_lines(df.index[odd])}. "
+                               "Correct the labels, or pass unknown='drop' to leave those rows out.")
+        df = df[~odd]
+    paths = [to_path(f) for f in df.fname]
+    exists = np.array([p.is_file() for p in paths], dtype=bool)
+    if not exists.all():
+        gone = [str(p) for p,e in zip(paths, exists) if not e]
+        if missing=='raise':
+            raise DatasetError(f"{len(gone)} recording(s) listed in {src} are missing from disk, e.g. {', '.join(gone[:3])} "
+                               f"({_lines(df.index[~exists])}). Restore them, or pass missing='drop' to index only the files present.")
+        df,paths = df[exists],[p for p,e in zip(paths, exists) if e]
+    return df.assign(path=[str(p.absolute()) for p in paths])
+
+# %% ../nbs/00_data.ipynb #3b8a7990
+INDEX_COLS = ['path','fname','label','sublabel','dataset','patient','duration','sr']
+
+def _finish(df:pd.DataFrame, audio_info:bool=True)->pd.DataFrame:
+    "`df` with `duration` and `sr` read from each header (NaN if `audio_info` is False), `INDEX_COLS` in order"
+    df = df.reset_index(drop=True)
+    if audio_info and len(df): df['duration'],df['sr'] = zip(*[_audio_info(Path(p)) for p in df.path])
+    else: df['duration'],df['sr'] = np.nan,np.nan
+    return df[INDEX_COLS]
+
+# %% ../nbs/00_data.ipynb #8e6239bd
+def index_pascal(
+    root:Path,                 # the Kaggle heartbeat-sounds folder
+    subset:str='b',            # 'b' (normal/murmur/extrastole) or 'a' (normal/murmur/extrahls/artifact)
+    include_noisy:bool=False,  # keep set_b's noisy recordings (sublabels noisynormal, noisymurmur)?
+    **kwargs,                  # passed to `check_rows` (`include_unlabelled`, `missing`, `unknown`)
+)->pd.DataFrame:               # `INDEX_COLS`, without `duration`/`sr` values yet
+    "The PASCAL CHSC2011 rows of `set_{subset}.csv`, mapped to their files (`disk_name`); patient from the set_b names (`patient_id`), else the file stem."
+    if subset not in SUBSETS: raise ValueError(f"subset must be one of {list(SUBSETS)}, not {subset!r}")
     csv = root/f'set_{subset}.csv'
     if not csv.exists(): raise DatasetError(f"{csv} not found: {root} should hold set_{subset}.csv and set_{subset}/ (Kaggle heartbeat-sounds layout).")
     df = pd.read_csv(csv, dtype=str, keep_default_na=False)
@@ -107,33 +147,91 @@ def index_dataset(
     if 'sublabel' not in df: df['sublabel'] = ''
     if 'dataset' not in df: df['dataset'] = subset
     df.index += 2  # the CSV's line numbers, for messages (line 1 is the header)
-    df = df[~df.duplicated()]
-    if (dup := df.fname.duplicated(keep=False)).any():
-        ex = '; '.join(f"{f} ({_lines(g.index)}: labels {', '.join(map(repr, g.label))})"
-                       for f,g in list(df[dup].groupby('fname', sort=False))[:3])
-        raise DatasetError(f"{csv}: {df[dup].fname.nunique()} recording(s) are listed on more than one row, and the rows differ: "
-                           f"{ex}. Keep one row per recording, with the right label.")
-    if not include_unlabelled: df = df[df.label!='']
     if not include_noisy: df = df[~df.sublabel.isin(NOISY_SUBLABELS)]
-    if (odd := ~df.label.isin(SUBSETS[subset] + [''])).any():
-        if unknown=='raise':
-            raise DatasetError(f"{csv}: {odd.sum()} row(s) have a label that is not one of set_{subset}'s {SUBSETS[subset]}: "
-                               f"{sorted(set(df.label[odd]))} on {_lines(df.index[odd])}. "
-                               "Correct the labels in the CSV, or pass unknown='drop' to leave those rows out.")
-        df = df[~odd]
-    paths = [root/disk_name(f) for f in df.fname]
-    exists = np.array([p.is_file() for p in paths], dtype=bool)
-    if not exists.all():
-        gone = [str(p) for p,e in zip(paths, exists) if not e]
-        if missing=='raise':
-            raise DatasetError(f"{len(gone)} recording(s) listed in {csv} are missing from disk, e.g. {', '.join(gone[:3])} "
-                               f"({_lines(df.index[~exists])}). Restore them, or pass missing='drop' to index only the files present.")
-        df,paths = df[exists],[p for p,e in zip(paths, exists) if e]
-    df = df.assign(path=[str(p) for p in paths]).reset_index(drop=True)
-    df['patient'] = [patient_id(f) or Path(f).stem for f in df.fname]
-    if audio_info and len(df): df['duration'],df['sr'] = zip(*[_audio_info(Path(p)) for p in df.path])
-    else: df['duration'],df['sr'] = np.nan,np.nan
-    return df[['path','fname','label','sublabel','dataset','patient','duration','sr']]
+    df = check_rows(df, csv, lambda f: root/disk_name(f), SUBSETS[subset], what=f"set_{subset}", **kwargs)
+    return df.assign(patient=[patient_id(f) or Path(f).stem for f in df.fname])
+
+# %% ../nbs/00_data.ipynb #8504a5f1
+PHYSIONET_LABELS = {'1': 'abnormal', '-1': 'normal'}   # REFERENCE.csv codes (PhysioNet/CinC Challenge 2016)
+
+def index_physionet2016(
+    root:Path,                 # folder holding training-a/ … training-f/ (PhysioNet's training.zip, unpacked)
+    subset:str=None,           # databases to keep, letters of 'abcdef' (e.g. 'ae'); None: all
+    **kwargs,                  # passed to `check_rows` (`missing`, `unknown`)
+)->pd.DataFrame:               # `INDEX_COLS`; label 'normal'/'abnormal', patient = the source database
+    """The PhysioNet/CinC 2016 training set: each `training-?/REFERENCE.csv` (`record,code`, 1 abnormal, -1 normal)
+    and its WAVs. Raises `DatasetError` for no `training-*` folder, a folder without `REFERENCE.csv`, a bad code or row."""
+    folders = sorted(d for d in root.glob('training-*') if d.is_dir() and (subset is None or d.name[-1] in subset))
+    if not folders: raise DatasetError(f"{root} holds no training-a/ … training-f/ folders{f' for subset {subset!r}' if subset else ''}: "
+                                       "unpack PhysioNet's challenge-2016 training.zip there (or choose another --dataset).")
+    dfs = []
+    for d in folders:
+        ref = d/'REFERENCE.csv'
+        if not ref.exists(): raise DatasetError(f"{ref} not found: every training-? folder of PhysioNet 2016 has one (record,label).")
+        r = pd.read_csv(ref, header=None, dtype=str, keep_default_na=False, names=['fname','code'], on_bad_lines='error', engine='python')
+        r.index += 1
+        r['code'] = r.code.str.strip()
+        r['label'] = r.code.map(PHYSIONET_LABELS).fillna(r.code.map(lambda c: f'code {c!r}'))
+        r = check_rows(r, ref, lambda f, d=d: d/f'{f.strip()}.wav', list(PHYSIONET_LABELS.values()), what='PhysioNet 2016 (1 abnormal, -1 normal)', **kwargs)
+        dfs.append(r.assign(fname=[f'{d.name}/{f}.wav' for f in r.fname], dataset=d.name, patient=d.name, sublabel=''))
+    return pd.concat(dfs, ignore_index=True)
+
+# %% ../nbs/00_data.ipynb #394daec8
+AUDIO_EXTS = ('.wav', '.flac', '.ogg', '.aif', '.aiff')
+
+def index_folder(
+    root:Path,                 # DIR/<label>/<recording>.wav
+    **kwargs,                  # ignored (no list to check against)
+)->pd.DataFrame:               # `INDEX_COLS`; patient = the file stem
+    "A folder per class: every audio file (`AUDIO_EXTS`) in `root/<label>/`. Raises `DatasetError` if there is none."
+    files = sorted(f for f in root.glob('*/*') if f.suffix.lower() in AUDIO_EXTS and f.is_file())
+    if not files: raise DatasetError(f"{root} holds no audio files in class folders (expected {root}/<label>/<name>.wav).")
+    return pd.DataFrame(dict(path=[str(f.absolute()) for f in files], fname=[f'{f.parent.name}/{f.name}' for f in files],
+                             label=[f.parent.name for f in files], sublabel='', dataset=root.name,
+                             patient=[f'{f.parent.name}/{f.stem}' for f in files]))
+
+def index_csv(
+    root:Path,                 # folder of the manifest (paths in it are relative to it)
+    csv:str='manifest.csv',    # the manifest's name in `root`
+    **kwargs,                  # passed to `check_rows` (`missing`, `unknown`, `include_unlabelled`)
+)->pd.DataFrame:               # `INDEX_COLS`; patient from the `patient` column, else the file's path
+    "A CSV manifest `path,label[,patient]`. Raises `DatasetError` for a missing manifest or column, a bad row or a missing file."
+    fn = root/csv
+    if not fn.exists(): raise DatasetError(f"{fn} not found: a CSV manifest has the columns path,label[,patient] (paths relative to its folder).")
+    df = pd.read_csv(fn, dtype=str, keep_default_na=False)
+    if not {'path','label'} <= set(df.columns): raise DatasetError(f"{fn}: expected columns path,label[,patient]; found {list(df.columns)}.")
+    df.index += 2
+    df = df.rename(columns=dict(path='fname'))
+    if 'patient' not in df or (df.patient=='').any(): df['patient'] = df.get('patient', pd.Series('', index=df.index)).where(lambda s: s!='', df.fname)
+    df = check_rows(df, fn, lambda f: root/f, **kwargs)
+    return df.assign(sublabel=df.get('sublabel', ''), dataset=root.name)
+
+# %% ../nbs/00_data.ipynb #0fd0f662
+DATASETS = dict(pascal=index_pascal, physionet2016=index_physionet2016, folder=index_folder, csv=index_csv)
+
+def index_dataset(
+    path=None,                 # dataset folder (default: `$HEARTNB_DATA`), see `data_path`
+    subset:str=None,           # PASCAL: 'b' (default; normal/murmur/extrastole) or 'a'; PhysioNet 2016: letters of 'abcdef' (default all)
+    include_noisy:bool=False,  # keep set_b's noisy recordings (sublabels noisynormal, noisymurmur)?
+    include_unlabelled:bool=False, # keep recordings without a label (label '')?
+    missing:str='raise',       # a listed file absent from disk: 'raise' a `DatasetError`, or 'drop' the row
+    audio_info:bool=True,      # read each WAV header for `duration` and `sr` (else those columns are NaN)
+    unknown:str='raise',       # a label not among the dataset's classes: 'raise' a `DatasetError`, or 'drop' the row
+    dataset:str='pascal',      # layout: 'pascal' (Kaggle heartbeat-sounds), 'physionet2016', 'folder' (a folder per class) or 'csv' (manifest.csv)
+)->pd.DataFrame:               # one row per recording, columns below
+    """Index the recordings of a dataset folder as a DataFrame with columns `path` (absolute path of the audio file),
+    `fname` (as listed), `label`, `sublabel`, `dataset`, `patient` (the unit no split may cut: see each layout),
+    `duration` (s) and `sr` (Hz; both NaN where the header cannot be read). Raises `DatasetError`, naming the file,
+    the lines and what to do, for a missing folder or list, a recording listed on rows that differ, and (unless
+    `unknown`/`missing` is 'drop') an unknown label or a listed file that is not on disk."""
+    if dataset not in DATASETS: raise ValueError(f"dataset must be one of {list(DATASETS)}, not {dataset!r}")
+    root = data_path(path)
+    kw = dict(missing=missing, unknown=unknown)
+    if dataset == 'pascal': df = index_pascal(root, subset or 'b', include_noisy, include_unlabelled=include_unlabelled, **kw)
+    elif dataset == 'physionet2016': df = index_physionet2016(root, subset, **kw)
+    elif dataset == 'csv': df = index_csv(root, include_unlabelled=include_unlabelled, **kw)
+    else: df = index_folder(root)
+    return _finish(df, audio_info)
 
 # %% ../nbs/00_data.ipynb #39b34699
 def sha256sum(fname)->str:

@@ -10,7 +10,7 @@ import numpy as np, pandas as pd, soundfile as sf
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['SYNTH_LABELS', 'synth_pcg', 'make_synth_dataset']
+__all__ = ['SYNTH_LABELS', 'synth_pcg', 'make_synth_dataset', 'make_synth_layout']
 
 # %% ../nbs/90_synth.ipynb #4d34b70f
 def _burst(sr, dur, freq, rng):
@@ -129,4 +129,34 @@ def make_synth_dataset(
         for lbl in ('normal','murmur'): _emit(lbl, f'noisy{lbl}', n_noisy)
     _emit('', '', n_unlabelled)
     pd.DataFrame(rows).to_csv(path/f'set_{subset}.csv', index=False)
+    return path
+
+# %% ../nbs/90_synth.ipynb #43126e80
+def make_synth_layout(
+    path,                     # folder to create
+    layout:str='physionet2016', # 'physionet2016', 'folder' or 'csv'
+    n_per_class:int=6,        # recordings per class (PhysioNet: per class and database)
+    databases:str='ab',       # PhysioNet: the training-? folders to write
+    duration:tuple=(2., 5.),  # (shortest, longest) recording, s
+    sr:int=2000,              # sample rate, Hz (PhysioNet 2016's)
+    seed:int=0,               # random seed: the same seed writes the same files
+)->Path:                      # `path`
+    "Write a small synthetic PCG dataset in the PhysioNet 2016, folder-per-class or CSV-manifest layout."
+    path,rng = Path(path),np.random.default_rng(seed)
+    def _wav(fn, label): _write_wav(fn, synth_pcg(label, sr=sr, duration=rng.uniform(*duration), seed=int(rng.integers(2**31))), sr)
+    if layout == 'physionet2016':
+        for d in databases:
+            rows = []
+            for i in range(2*n_per_class):
+                rec,abn = f'{d}{i+1:04d}',i % 2 == 1
+                _wav(path/f'training-{d}'/f'{rec}.wav', 'murmur' if abn else 'normal'); rows.append(f'{rec},{1 if abn else -1}')
+            (path/f'training-{d}'/'REFERENCE.csv').write_text('\n'.join(rows)+'\n')
+    elif layout in ('folder', 'csv'):
+        rows = []
+        for lbl in SYNTH_LABELS['b']:
+            for i in range(n_per_class):
+                fn = Path(lbl)/f'{lbl}_{i:03d}.wav'
+                _wav(path/fn, lbl); rows.append(dict(path=fn.as_posix(), label=lbl, patient=f'p{i//2}'))
+        if layout == 'csv': pd.DataFrame(rows).to_csv(path/'manifest.csv', index=False)
+    else: raise ValueError(f"layout must be 'physionet2016', 'folder' or 'csv', not {layout!r}")
     return path
