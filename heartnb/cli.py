@@ -76,10 +76,11 @@ def _check_settings(sfn:Path, settings:dict, out:Path):
 
 def _preflight(data, arch, pretrained, weights):
     "Fail fast, before any long work: the data, the architecture, the weights"
-    from heartnb.train import ensure_imagenet_weights, get_arch
+    from heartnb.backbones import get_arch, imagenet_weights
     data = data_path(data)
     get_arch(arch)
-    if pretrained and not weights: ensure_imagenet_weights(arch)
+    if weights and not Path(weights).exists(): raise HeartnbError(f"--weights {weights} not found: pass a heartnb run folder, its model.safetensors, or a torchvision .pth checkpoint.")
+    if pretrained and not weights: imagenet_weights(arch)
     return data
 
 def _input_settings(input:str='png', duration:float=5., channels:int=1, augment:bool=False, window:float=None)->dict:
@@ -103,7 +104,7 @@ def _versions():
 def train_job(
     out,                       # run folder to create
     data=None,                 # dataset folder (default: `$HEARTNB_DATA`)
-    subset:str='b',            # 'b' or 'a'
+    subset:str=None,           # PASCAL 'b' (default) or 'a'; PhysioNet 2016 letters of 'abcdef'
     size:int=512,              # image side, pixels
     bs:int=4,                  # batch size
     valid_pct:float=0.3,       # validation share
@@ -112,9 +113,9 @@ def train_job(
     freeze_epochs:int=5,       # one-cycle epochs, body frozen
     epochs:int=5,              # one-cycle epochs, unfrozen
     lr:float=None,             # learning rate (default: lr_find's suggestions)
-    arch:str='resnet34',       # torchvision architecture
+    arch:str='resnet34',       # torchvision or timm architecture (e.g. resnet34, tf_efficientnet_lite0)
     pretrained:bool=True,      # ImageNet weights (see `heart_learner`)
-    weights:str=None,          # local torchvision checkpoint instead of the hub cache
+    weights:str=None,          # start the body from a heartnb model (run folder, model.safetensors) or a torchvision .pth
     include_noisy:bool=False,  # train on set_b's noisy recordings too
     limit:int=None,            # stratified sample of this many recordings (quick runs)
     preset:str='heart',        # spectrogram preset: 'heart' or 'seed'
@@ -131,6 +132,7 @@ def train_job(
     duration:float=5.,         # 'audio': seconds per example (random crops in training; validation and prediction average a recording's clips)
     channels:int=1,            # 'audio': 1 (first convolution adapted) or 3 (RGB repeat)
     augment:bool=False,        # 'audio': training augmentations (`audio_augs`; off by default, see `10_audio_vs_png`)
+    dataset:str='pascal',      # layout of `data`: 'pascal', 'physionet2016', 'folder' or 'csv' (`index_dataset`)
 )->dict:                       # the contents of `metrics.json`
     """The main job: index → PNGs → DataLoaders → lr_find → frozen and unfrozen one-cycle → interpretation → export.
     With `input='audio'` the PNG step is skipped: the DataLoaders read the WAVs (`audio_dls`). With `window`, the
@@ -141,7 +143,7 @@ def train_job(
     out = Path(out)
     if balance == 'none': balance = None
     if window and not window_hop: window_hop = window/2
-    settings = dict(data=str(data.absolute()), subset=subset, size=size, bs=bs, valid_pct=valid_pct, split=split, seed=seed,
+    settings = dict(data=str(data.absolute()), dataset=dataset, subset=subset, size=size, bs=bs, valid_pct=valid_pct, split=split, seed=seed,
                     freeze_epochs=freeze_epochs, epochs=epochs, lr=lr, arch=str(arch), pretrained=pretrained,
                     weights=str(weights) if weights else None, include_noisy=include_noisy, limit=limit,
                     preset=preset if isinstance(preset, str) else str(preset), num_it=num_it)
@@ -162,7 +164,7 @@ def train_job(
     out.mkdir(parents=True, exist_ok=True)
     if not (resume and sfn.exists()): atomic_write(sfn, lambda t: Path(t).write_text(jsonlib.dumps(settings, indent=2)))
     done.unlink(missing_ok=True)
-    df = stratified_sample(index_dataset(data, subset, include_noisy=include_noisy), limit, seed)
+    df = stratified_sample(index_dataset(data, subset, include_noisy=include_noisy, dataset=dataset), limit, seed)
     times['index'] = time.time()-t0; t = time.time()
     items = df if input == 'audio' else prepare_items(df, png or out/'spectrograms', preset, size, window, window_hop, workers, progress)
     times['spectrograms'] = time.time()-t; t = time.time()
@@ -185,7 +187,7 @@ def train_job(
     times['total'] = time.time()-t0
     vitems = learn.dls.valid_ds.items
     metrics = dict(rep, n_train=int(learn.dls.train_ds.items.path.nunique()), n_valid=int(vitems.path.nunique()),
-                   n_recordings=len(df), subset=subset, split=split, valid_pct=valid_pct, seed=seed, size=size, bs=bs,
+                   n_recordings=len(df), dataset=dataset, subset=subset, split=split, valid_pct=valid_pct, seed=seed, size=size, bs=bs,
                    arch=str(arch), epochs=dict(frozen=freeze_epochs, unfrozen=epochs), lrs=res['lrs'],
                    pretrained=learn.heartnb_pretrained, include_noisy=include_noisy, limit=limit, balance=balance, lr_mult=lr_mult,
                    window=dict(seconds=window, hop=window_hop, n_train=len(learn.dls.train_ds), n_valid=len(vitems),
@@ -202,7 +204,7 @@ def train_job(
 def cv_job(
     out,                       # folder to create: fold0/ ... fold{k-1}/, cv.json, oof.csv, settings.json
     data=None,                 # dataset folder (default: `$HEARTNB_DATA`)
-    subset:str='b',            # 'b' or 'a'
+    subset:str=None,           # PASCAL 'b' (default) or 'a'; PhysioNet 2016 letters of 'abcdef'
     k:int=5,                   # number of folds
     split:str='patient',       # 'patient' (grouped by patient) or 'random' (by recording)
     seed:int=42,               # seed of sampling, folds and training (every fold starts from this seed)
@@ -211,9 +213,9 @@ def cv_job(
     freeze_epochs:int=5,       # one-cycle epochs, body frozen
     epochs:int=5,              # one-cycle epochs, unfrozen
     lr:float=None,             # learning rate (default: lr_find's suggestions, found again in every fold)
-    arch:str='resnet34',       # torchvision architecture
+    arch:str='resnet34',       # torchvision or timm architecture (e.g. resnet34, tf_efficientnet_lite0)
     pretrained:bool=True,      # ImageNet weights
-    weights:str=None,          # local torchvision checkpoint
+    weights:str=None,          # start the body from a heartnb model or a torchvision .pth
     include_noisy:bool=False,  # train and validate on set_b's noisy recordings too
     limit:int=None,            # stratified sample of this many recordings
     preset:str='heart',        # spectrogram preset
@@ -231,6 +233,7 @@ def cv_job(
     duration:float=5.,         # 'audio': seconds per example
     channels:int=1,            # 'audio': 1 or 3 channels
     augment:bool=False,        # 'audio': training augmentations
+    dataset:str='pascal',      # layout of `data` (`index_dataset`)
 )->dict:                       # the contents of `cv.json`
     "k-fold cross-validation of the training recipe; see above. Raises `HeartnbError` for bad data or another run's folder."
     import numpy as np, torch
@@ -243,7 +246,7 @@ def cv_job(
     if balance == 'none': balance = None
     if window and not window_hop: window_hop = window/2
     data = _preflight(data, arch, pretrained, weights)
-    settings = dict(data=str(data.resolve()), subset=subset, k=k, split=split, seed=seed, size=size, bs=bs,
+    settings = dict(data=str(data.resolve()), dataset=dataset, subset=subset, k=k, split=split, seed=seed, size=size, bs=bs,
                     freeze_epochs=freeze_epochs, epochs=epochs, lr=lr, arch=str(arch), pretrained=pretrained,
                     weights=str(weights) if weights else None, include_noisy=include_noisy, limit=limit,
                     preset=str(preset), num_it=num_it, window=window, window_hop=window_hop, balance=balance,
@@ -253,7 +256,7 @@ def cv_job(
     if sfn.exists(): _check_settings(sfn, settings, out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(sfn, lambda t: Path(t).write_text(jsonlib.dumps(settings, indent=2)))
-    df = stratified_sample(index_dataset(data, subset, include_noisy=include_noisy), limit, seed)
+    df = stratified_sample(index_dataset(data, subset, include_noisy=include_noisy, dataset=dataset), limit, seed)
     test = None
     if test_pct: df,test = holdout_split(df, test_pct, split, seed)
     fold_of = dict(zip(df.path, cv_folds(df, k, split, seed)))
@@ -318,7 +321,7 @@ def _cli(f):
 def heartnb_train(
     out:Annotated[str, "run folder for model.safetensors/.json, model.pkl, metrics.json, predictions.csv, figures, history.csv", dict(opt=True, required=True)],
     data:str=None,             # dataset folder (default: $HEARTNB_DATA)
-    subset:Annotated[str, "'b': normal/murmur/extrastole; 'a': normal/murmur/extrahls/artifact", dict(choices=['b','a'])]='b',
+    subset:str=None,           # PASCAL: 'b' (default: normal/murmur/extrastole) or 'a' (normal/murmur/extrahls/artifact); PhysioNet 2016: letters of 'abcdef' (default all)
     size:int=512,              # image side, pixels
     bs:int=4,                  # batch size
     valid_pct:float=0.3,       # validation share
@@ -327,9 +330,9 @@ def heartnb_train(
     freeze_epochs:int=5,       # one-cycle epochs with the pretrained body frozen
     epochs:int=5,              # one-cycle epochs unfrozen, discriminative learning rates
     lr:float=None,             # learning rate (default: lr_find's suggestion)
-    arch:str='resnet34',       # torchvision architecture
+    arch:str='resnet34',       # torchvision or timm architecture (e.g. resnet34, tf_efficientnet_lite0)
     pretrained:bool=True,      # start from ImageNet weights (--no-pretrained: random init)
-    weights:str=None,          # local torchvision checkpoint (.pth) to start from
+    weights:str=None,          # start the body from an earlier heartnb model (run folder or model.safetensors) or a torchvision .pth
     include_noisy:bool=False,  # also train on noisy set_b recordings
     limit:int=None,            # stratified sample of N labelled recordings, for quick runs
     preset:Annotated[str, "spectrogram settings", dict(choices=['heart','seed'])]='heart',
@@ -345,12 +348,13 @@ def heartnb_train(
     duration:float=5.,         # --input audio: seconds of audio per example (random crops in training; a recording's clips averaged otherwise)
     channels:Annotated[int, "--input audio: 1 (first convolution adapted) or 3 (RGB repeat)", dict(choices=[1,3])]=1,
     augment:bool=False,        # --input audio: augment training batches (tempo, pitch, noise, time shift, SpecAugment masks)
+    dataset:Annotated[str, "layout of --data: 'pascal' (Kaggle heartbeat-sounds), 'physionet2016' (training-a..f), 'folder' (DIR/<label>/*.wav), 'csv' (DIR/manifest.csv: path,label[,patient])", dict(choices=['pascal','physionet2016','folder','csv'])]='pascal',
 ):
     "Train a heart-sound classifier end to end from a dataset folder and write the run folder."
     m = train_job(out, data, subset, size, bs, valid_pct, split, seed, freeze_epochs, epochs, lr, arch, pretrained, weights,
                   include_noisy, limit, preset, png, workers, num_it, resume=resume, window=window, window_hop=window_hop,
                   balance=None if balance=='none' else balance, lr_mult=lr_mult, input=input, duration=duration,
-                  channels=channels, augment=augment)
+                  channels=channels, augment=augment, dataset=dataset)
     if m.get('resumed'): print(f"resumed after {m['resumed']} epochs")
     print(f"accuracy {m['accuracy']:.3f}  macro-F1 {m['macro_f1']:.3f}  balanced accuracy {m['balanced_accuracy']:.3f}  "
           f"({m['n_valid']} validation recordings, {split} split); wrote {Path(out)/'metrics.json'}")
@@ -420,7 +424,7 @@ def _ms(d, k): return f"{d[k]['mean']:.3f} ± {d[k]['std']:.3f}"
 def heartnb_cv(
     out:Annotated[str, "folder for fold0/ .. fold{k-1}/ (models, metrics), cv.json, oof.csv", dict(opt=True, required=True)],
     data:str=None,             # dataset folder (default: $HEARTNB_DATA)
-    subset:Annotated[str, "'b' or 'a'", dict(choices=['b','a'])]='b',
+    subset:str=None,           # PASCAL: 'b' (default) or 'a'; PhysioNet 2016: letters of 'abcdef' (default all)
     k:int=5,                   # number of folds
     split:Annotated[str, "'patient': a patient's recordings in one fold; 'random': recordings independently", dict(choices=['patient','random'])]='patient',
     seed:int=42,               # random seed (sample, folds, training)
@@ -429,9 +433,9 @@ def heartnb_cv(
     freeze_epochs:int=5,       # one-cycle epochs with the body frozen
     epochs:int=5,              # one-cycle epochs unfrozen
     lr:float=None,             # learning rate (default: lr_find's suggestion in every fold)
-    arch:str='resnet34',       # torchvision architecture
+    arch:str='resnet34',       # torchvision or timm architecture (e.g. resnet34, tf_efficientnet_lite0)
     pretrained:bool=True,      # start from ImageNet weights (--no-pretrained: random init)
-    weights:str=None,          # local torchvision checkpoint (.pth) to start from
+    weights:str=None,          # start the body from an earlier heartnb model (run folder or model.safetensors) or a torchvision .pth
     include_noisy:bool=False,  # also use noisy set_b recordings
     limit:int=None,            # stratified sample of N labelled recordings
     preset:Annotated[str, "spectrogram settings", dict(choices=['heart','seed'])]='heart',
@@ -448,11 +452,12 @@ def heartnb_cv(
     duration:float=5.,         # --input audio: seconds of audio per example
     channels:Annotated[int, "--input audio: 1 or 3 channels", dict(choices=[1,3])]=1,
     augment:bool=False,        # --input audio: augment training batches (tempo, pitch, noise, time shift, SpecAugment masks)
+    dataset:Annotated[str, "layout of --data: 'pascal', 'physionet2016', 'folder' or 'csv'", dict(choices=['pascal','physionet2016','folder','csv'])]='pascal',
 ):
     "k-fold cross-validation (stratified, grouped by patient): mean ± std of the metrics over folds, fold models for an ensemble."
     r = cv_job(out, data, subset, k, split, seed, size, bs, freeze_epochs, epochs, lr, arch, pretrained, weights, include_noisy,
                limit, preset, png, workers, num_it, window, window_hop, None if balance=='none' else balance, test_pct, tta,
-               lr_mult=lr_mult, input=input, duration=duration, channels=channels, augment=augment)
+               lr_mult=lr_mult, input=input, duration=duration, channels=channels, augment=augment, dataset=dataset)
     s,b = r['summary'],r['baseline']
     print(f"{k}-fold {split} cross-validation on set_{subset} ({r['n_recordings']} recordings), mean ± std over folds:\n"
           f"  accuracy {_ms(s,'accuracy')}  balanced accuracy {_ms(s,'balanced_accuracy')}  macro-F1 {_ms(s,'macro_f1')}\n"

@@ -9,14 +9,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 import numpy as np, torch
-from fastai.vision.all import load_learner, Learner, Normalize, create_vision_model, imagenet_stats
+from fastai.vision.all import load_learner, Learner, Normalize, imagenet_stats
 from .data import HeartnbError
 from .spectrogram import spec_config, wav2image, wav_windows, SpecConfig, atomic_write, load_audio
 from .dataloaders import loader_workers
+from .backbones import arch_name
 
 # %% auto #0
 __all__ = ['SAFE_FORMAT', 'export_model', 'load_model', 'UnsafeModelError', 'export_safe', 'tta_shifts', 'SafeModel', 'Ensemble',
-           'load_safe', 'open_model', 'as_predictor', 'wav_images', 'predict_probs', 'predict_wavs']
+           'safe_pair', 'load_safe', 'open_model', 'as_predictor', 'wav_images', 'predict_probs', 'predict_wavs']
 
 # %% ../nbs/05_predict.ipynb #71560752
 def _window_meta(window, window_hop)->dict|None:
@@ -91,7 +92,7 @@ def export_safe(
     if fname.suffix != '.safetensors': raise ValueError(f"{fname}: the weights file must end in .safetensors")
     mean,std = _norm_stats(learn)
     audio,(cfg,size) = _audio_meta(learn),_spec_for(learn, cfg, size)
-    meta = dict(format=SAFE_FORMAT, arch=learn.arch.__name__, n_in=audio['channels'] if audio else 3, classes=list(map(str, learn.dls.vocab)),
+    meta = dict(format=SAFE_FORMAT, arch=arch_name(learn.arch), n_in=audio['channels'] if audio else 3, classes=list(map(str, learn.dls.vocab)),
                 spectrogram=cfg.to_dict(), size=size, normalize=dict(mean=mean, std=std),
                 window=_window_meta(window, window_hop), input='audio' if audio else 'png', audio=audio,
                 pretrained=getattr(learn, 'heartnb_pretrained', None))
@@ -178,19 +179,26 @@ def _check_safetensors(fname:Path):
                                "Ask for the model.safetensors + model.json pair that `heartnb train` writes, or, only if you "
                                "trust whoever made it, load the pickle with `load_model` / `heartnb predict MODEL.pkl`.")
 
-def load_safe(
-    fname, # `*.safetensors` written by `export_safe` (its `.json` beside it), or that `.json`, or a run folder
-)->SafeModel:
-    "Load a model without pickle. Raises `UnsafeModelError` for a pickle or other non-safetensors file, `HeartnbError` for a missing or inconsistent pair."
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-    from heartnb.train import get_arch
+def safe_pair(
+    fname, # `*.safetensors`, its `.json`, or a run folder
+)->tuple:  # (`Path` of the .safetensors file, `Path` of its .json)
+    "The two files of a safe heartnb model named by `fname`. Raises `HeartnbError` if either is missing."
     fname = Path(fname)
     if fname.is_dir(): fname = fname/'model.safetensors'
     if fname.suffix == '.json': fname = fname.with_suffix('.safetensors')
     meta_fn = fname.with_suffix('.json')
     for f in (fname, meta_fn):
         if not f.exists(): raise HeartnbError(f"{f} not found: a safe heartnb model is a .safetensors file with its .json beside it (`heartnb train` writes RUN_DIR/model.safetensors and RUN_DIR/model.json).")
+    return fname, meta_fn
+
+def load_safe(
+    fname, # `*.safetensors` written by `export_safe` (its `.json` beside it), or that `.json`, or a run folder
+)->SafeModel:
+    "Load a model without pickle. Raises `UnsafeModelError` for a pickle or other non-safetensors file, `HeartnbError` for a missing or inconsistent pair."
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+    from heartnb.backbones import create_heart_model
+    fname,meta_fn = safe_pair(fname)
     _check_safetensors(fname)
     try: meta = json.loads(meta_fn.read_text())
     except ValueError as e: raise HeartnbError(f"{meta_fn} is not valid JSON ({e}): re-export the model with `export_safe`.") from None
@@ -199,8 +207,8 @@ def load_safe(
     try:
         SpecConfig(**meta['spectrogram'])
         arch = meta['arch']
-        if not isinstance(arch, str) or not arch.isidentifier(): raise ValueError(f"bad architecture name {arch!r}")
-        model = create_vision_model(get_arch(arch), len(meta['classes']), pretrained=False, n_in=meta['n_in'])
+        if not isinstance(arch, str) or not arch.replace('.', '_').isidentifier(): raise ValueError(f"bad architecture name {arch!r}")
+        model = create_heart_model(arch, len(meta['classes']), n_in=meta['n_in'])
         model.load_state_dict(load_file(fname), strict=True)
         return SafeModel(model, meta)
     except (KeyError, TypeError, ValueError, RuntimeError, SafetensorError, HeartnbError) as e:

@@ -6,72 +6,22 @@ Docs: https://heartnb.github.io/heartnb/train.html.md"""
 
 # %% ../nbs/03_train.ipynb #38359619
 from __future__ import annotations
-import os, json, time, random, urllib.error
+import json, time, random
 from pathlib import Path
-import numpy as np, pandas as pd, torch, torchvision
+import numpy as np, pandas as pd, torch
 import matplotlib.pyplot as plt
 from fastcore.basics import store_attr
-from fastai.vision.all import (vision_learner, error_rate, accuracy, create_body, model_meta, Learner, valley,
+from fastai.vision.all import (vision_learner, error_rate, accuracy, Learner, valley,
                                Callback, Recorder, save_model, load_model, CrossEntropyLossFlat)
-import fastai.vision.models as fvm
 from .data import HeartnbError
 from .spectrogram import atomic_write
+from .backbones import (get_arch, imagenet_weights, pretrained_kwargs, load_body_weights, backbone_stats,
+                               set_normalize, WeightsUnavailableError)
 
 # %% auto #0
-__all__ = ['OFFLINE_ENV', 'WeightsUnavailableError', 'get_arch', 'imagenet_weights_file', 'ensure_imagenet_weights',
-           'load_body_weights', 'class_loss_weights', 'heart_learner', 'find_lr', 'TrainState', 'EpochCheckpoint',
-           'train_heart']
+__all__ = ['class_loss_weights', 'heart_learner', 'find_lr', 'TrainState', 'EpochCheckpoint', 'train_heart']
 
-# %% ../nbs/03_train.ipynb #ccc05442
-class WeightsUnavailableError(HeartnbError, RuntimeError):
-    "ImageNet weights were asked for but can be neither found in the torch hub cache nor downloaded."
-
-OFFLINE_ENV = 'HEARTNB_OFFLINE'
-
-def get_arch(arch='resnet34'):
-    "The torchvision model function for a name such as 'resnet34' (or `arch` itself if it is callable)."
-    if callable(arch): return arch
-    f = getattr(fvm, arch, None) or getattr(torchvision.models, arch, None)
-    if f is None or not callable(f): raise HeartnbError(f"unknown architecture {arch!r}: pass a torchvision model name such as 'resnet18', 'resnet34' or 'resnet50' (--arch).")
-    return f
-
-def imagenet_weights_file(arch='resnet34')->Path:
-    "Where torch's hub cache keeps `arch`'s default ImageNet weights: `$TORCH_HOME/hub/checkpoints/<file>`."
-    w = torchvision.models.get_model_weights(get_arch(arch).__name__).DEFAULT
-    return Path(torch.hub.get_dir())/'checkpoints'/Path(w.url).name
-
-def ensure_imagenet_weights(arch='resnet34')->Path:
-    "Make sure the ImageNet weights of `arch` are in the torch hub cache, downloading them if allowed. Raises `WeightsUnavailableError`."
-    fn = imagenet_weights_file(arch)
-    if fn.exists(): return fn
-    w = torchvision.models.get_model_weights(get_arch(arch).__name__).DEFAULT
-    ways = (f"Ways out: put the file at {fn} (or set TORCH_HOME to a folder whose hub/checkpoints/ holds it; "
-            f"it is {w.url}), pass --weights PATH (weights=PATH) for a local torchvision checkpoint, "
-            f"or train from scratch with --no-pretrained (pretrained=False).")
-    if os.environ.get(OFFLINE_ENV):
-        raise WeightsUnavailableError(f"ImageNet weights for {arch} are not in the torch hub cache and {OFFLINE_ENV} is set. {ways}")
-    try: torch.hub.load_state_dict_from_url(w.url, progress=True, check_hash=True)
-    except (urllib.error.URLError, OSError, RuntimeError) as e:
-        raise WeightsUnavailableError(f"ImageNet weights for {arch} could not be downloaded ({e}). {ways}") from None
-    return fn
-
-# %% ../nbs/03_train.ipynb #16e46896
-def load_body_weights(learn:Learner, fname, arch='resnet34', n_in:int=3)->Learner:
-    """Load a torchvision state dict file `fname` of `arch` into the body of `learn`, and freeze it. For `n_in` other
-    than 3 the first convolution is adapted as fastai adapts ImageNet weights (for 1 channel: the sum of the RGB
-    filters). Raises `HeartnbError` if it does not fit."""
-    arch,fname = get_arch(arch),Path(fname)
-    if not fname.exists(): raise WeightsUnavailableError(f"weights file {fname} not found: check the --weights path, or use ImageNet weights from the torch hub cache (no --weights) or --no-pretrained.")
-    sd = torch.load(fname, map_location='cpu', weights_only=True)
-    if isinstance(sd, dict) and 'model' in sd and isinstance(sd['model'], dict): sd = sd['model']
-    m = arch(weights=None)
-    try: m.load_state_dict(sd)
-    except RuntimeError as e: raise HeartnbError(f"{fname} is not a {arch.__name__} state dict ({str(e)[:300]}): pass a checkpoint of the same architecture as --arch.") from None
-    body = create_body(m, n_in, True, model_meta.get(arch, {}).get('cut'))
-    learn.model[0].load_state_dict(body.state_dict())
-    learn.freeze()
-    return learn
-
+# %% ../nbs/03_train.ipynb #21a55bc9
 def class_loss_weights(
     dls,                    # DataLoaders with a category target
 )->torch.Tensor:            # weight of each class in `dls.vocab` order, shape (n_classes,)
@@ -83,27 +33,35 @@ def class_loss_weights(
     w = np.where(counts > 0, len(y)/(len(dls.vocab)*np.maximum(counts, 1)), 0.)
     return torch.tensor(w, dtype=torch.float32)
 
+# %% ../nbs/03_train.ipynb #9e158677
 def heart_learner(
-    dls,                    # DataLoaders from `heart_dls`
-    arch='resnet34',        # torchvision architecture name or function
-    pretrained:bool=True,   # start from ImageNet weights (see above)?
-    weights=None,           # path of a local torchvision checkpoint to start from instead of the hub cache
+    dls,                    # DataLoaders from `heart_dls` or `audio_dls`
+    arch='resnet34',        # torchvision function or name, or timm name (`get_arch`)
+    pretrained:bool=True,   # start from ImageNet weights (`imagenet_weights`)?
+    weights=None,           # start the body from these instead: a heartnb model (run folder, model.safetensors) or a torchvision .pth
     metrics=(error_rate, accuracy), # fastai metrics shown each epoch
     balance:str=None,       # 'weights': class-weighted cross-entropy (`class_loss_weights`); anything else: plain
     n_in:int=3,             # input channels: 3 for RGB images; 1 adapts the first convolution (fastai's `n_in`, see `audio_learner`)
     fp16:bool=None,         # mixed precision (fastai's `to_fp16`: float16 autocast and loss scaling); None: on a CUDA GPU only
     **kwargs,               # passed to `vision_learner`
 )->Learner:
-    "A fastai `vision_learner` for heart-sound spectrograms, pretrained body frozen. Raises `WeightsUnavailableError`."
+    """A fastai `vision_learner` for heart-sound spectrograms, body frozen, inputs normalised as its weights expect;
+    `learn.heartnb_pretrained` records what it started from. Raises `WeightsUnavailableError`, or `HeartnbError` for
+    weights that do not fit."""
     f = get_arch(arch)
     if balance == 'weights': kwargs['loss_func'] = CrossEntropyLossFlat(weight=class_loss_weights(dls).to(dls.device))
+    kw = dict(metrics=list(metrics), n_in=n_in, normalize=False, **kwargs)
     if weights is not None:
-        learn = vision_learner(dls, f, pretrained=False, metrics=list(metrics), n_in=n_in, **kwargs)
-        load_body_weights(learn, weights, f, n_in)
-    else:
-        if pretrained: ensure_imagenet_weights(f)
-        learn = vision_learner(dls, f, pretrained=pretrained, metrics=list(metrics), n_in=n_in, **kwargs)
-    learn.heartnb_pretrained = 'imagenet' if pretrained and weights is None else (str(weights) if weights else 'none')
+        learn = vision_learner(dls, f, pretrained=False, **kw)
+        rec = load_body_weights(learn, weights, f, n_in)
+        stats = rec.pop('normalize', None) or (backbone_stats(f, n_in) if rec['weights'] == 'checkpoint' else None)
+    elif pretrained:
+        rec = imagenet_weights(f)
+        learn = vision_learner(dls, f, pretrained=True, **pretrained_kwargs(rec), **kw)
+        stats = backbone_stats(f, n_in)
+    else: learn,rec,stats = vision_learner(dls, f, pretrained=False, **kw),dict(weights='none'),None
+    if stats: set_normalize(dls, *stats)
+    learn.heartnb_pretrained = rec
     if fp16 is None: fp16 = dls.device is not None and torch.device(dls.device).type == 'cuda'
     return learn.to_fp16() if fp16 else learn
 

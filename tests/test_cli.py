@@ -31,7 +31,7 @@ def test_train_writes_the_run_folder(trained):
     assert np.array(m['confusion_matrix']).sum() == m['n_valid']
     assert 0 <= m['macro_f1'] <= 1 and 0 <= m['balanced_accuracy'] <= 1
     assert abs(m['accuracy'] + m['error_rate'] - 1) < 1e-9
-    assert m['pretrained'] == 'none' and m['split'] == 'random' and m['size'] == 64
+    assert m['pretrained'] == {'weights': 'none'} and m['split'] == 'random' and m['size'] == 64
     assert m['mixed_precision'] == m['device'].startswith('cuda')         # fastai's to_fp16 on a GPU only
     assert {'index','spectrograms','lr_find','fit_frozen','lr_find_unfrozen','fit_unfrozen','interpret','export'} <= set(m['seconds'])
     h = pd.read_csv(trained/'history.csv')
