@@ -12,6 +12,7 @@ from typing import Annotated
 import pandas as pd
 from fastcore.script import call_parse, parse_cli, CliError
 from .data import HeartnbError, index_dataset, data_path
+from .safety import writes, check_options, cli_error, OPTION_RULES
 
 # %% auto #0
 __all__ = ['COMMANDS', 'stratified_sample', 'prepare_items', 'train_job', 'cv_job', 'heartnb_train', 'heartnb_spectrograms',
@@ -101,6 +102,7 @@ def _versions():
     return dict(device=str(default_device()),
                 versions=dict(python=platform.python_version(), torch=torch.__version__, fastai=fastai.__version__))
 
+@writes('run')
 def train_job(
     out,                       # run folder to create
     data=None,                 # dataset folder (default: `$HEARTNB_DATA`)
@@ -155,7 +157,7 @@ def train_job(
     if resume and sfn.exists():
         _check_settings(sfn, settings, out)
         if done.exists() and not ck.exists(): return jsonlib.loads(done.read_text())  # finished: nothing to resume
-    from heartnb.spectrogram import spec_config, atomic_write
+    from heartnb.spectrogram import spec_config, atomic_write, check_recordings
     from heartnb.interpret import interpret, plot_confusion
     from heartnb.predict import export_model, export_safe
     from heartnb.evaluate import learner_report
@@ -166,7 +168,7 @@ def train_job(
     done.unlink(missing_ok=True)
     df = stratified_sample(index_dataset(data, subset, include_noisy=include_noisy, dataset=dataset), limit, seed)
     times['index'] = time.time()-t0; t = time.time()
-    items = df if input == 'audio' else prepare_items(df, png or out/'spectrograms', preset, size, window, window_hop, workers, progress)
+    items = check_recordings(df) if input == 'audio' else prepare_items(df, png or out/'spectrograms', preset, size, window, window_hop, workers, progress)
     times['spectrograms'] = time.time()-t; t = time.time()
     o = dict(settings, window=window, window_hop=window_hop, balance=balance, weights=weights, lr_mult=lr_mult)
     learn,res = _fit(items, out, o, progress=progress, checkpoints=ck, resume=resume)
@@ -201,6 +203,7 @@ def train_job(
     return metrics
 
 # %% ../nbs/06_cli.ipynb #36b72a93
+@writes('cv')
 def cv_job(
     out,                       # folder to create: fold0/ ... fold{k-1}/, cv.json, oof.csv, settings.json
     data=None,                 # dataset folder (default: `$HEARTNB_DATA`)
@@ -238,7 +241,7 @@ def cv_job(
     "k-fold cross-validation of the training recipe; see above. Raises `HeartnbError` for bad data or another run's folder."
     import numpy as np, torch
     from fastai.vision.all import IndexSplitter
-    from heartnb.spectrogram import atomic_write
+    from heartnb.spectrogram import atomic_write, check_recordings
     from heartnb.interpret import classification_report
     from heartnb.predict import export_safe, load_safe, predict_probs
     from heartnb.evaluate import cv_folds, holdout_split, learner_report, summarize_reports, majority_baseline
@@ -260,7 +263,7 @@ def cv_job(
     test = None
     if test_pct: df,test = holdout_split(df, test_pct, split, seed)
     fold_of = dict(zip(df.path, cv_folds(df, k, split, seed)))
-    items = df if input == 'audio' else prepare_items(df, png or out/'spectrograms', preset, size, window, window_hop, workers, progress)
+    items = check_recordings(df) if input == 'audio' else prepare_items(df, png or out/'spectrograms', preset, size, window, window_hop, workers, progress)
     ifold = items.path.map(fold_of).to_numpy()
     o = dict(settings, valid_pct=1/k, weights=weights)
     reports,oof,seconds = [],[],[]
@@ -308,12 +311,19 @@ def cv_job(
 
 # %% ../nbs/06_cli.ipynb #f42f2ca8
 def _cli(f):
-    "Turn heartnb's input errors into a clean command-line exit"
+    "Check a command's options before any work (`check_options`), and end its errors with a message, not a traceback (`cli_error`)"
+    import inspect
     from functools import wraps
+    sig = inspect.signature(f)
     @wraps(f)
     def _inner(*args, **kwargs):
-        try: return f(*args, **kwargs)
-        except HeartnbError as e: raise CliError(f"error: {e}") from None
+        given = sig.bind_partial(*args, **kwargs).arguments
+        try:
+            check_options(**{k: v for k,v in given.items() if k in OPTION_RULES or k == 'split'})
+            return f(*args, **kwargs)
+        except Exception as e:
+            if (msg := cli_error(e, list(sig.parameters), given.get('out'))) is None: raise
+            raise CliError(f"error: {msg}") from None
     return _inner
 
 @call_parse
@@ -386,16 +396,20 @@ def heartnb_spectrograms(
 def heartnb_predict(
     model:str,       # RUN_DIR/model.safetensors (safe, or the run folder) or RUN_DIR/model.pkl (a pickle: only files you trust)
     *wavs:str,       # WAV recordings to classify
-    json:bool=False, # print a JSON list of {"file", "label", "probabilities"}
+    json:bool=False, # print a JSON list of {"file", "label", "probabilities"} (and "error" for a recording with no label)
     tta:int=0,       # test-time augmentation: also average over N time-shifted copies of each image
+    trust_pickle:bool=False, # load a model.pkl: a pickle runs any code it holds, so only for files you made yourself
 ):
     "Classify WAV recordings with a trained model: the predicted class and the class probabilities."
     if not wavs: raise CliError("error: give at least one WAV file")
     from heartnb.predict import open_model, predict_wavs
-    res = predict_wavs(open_model(model), list(wavs), tta=tta)
-    if json: print(jsonlib.dumps(res, indent=2)); return
-    for r in res:
-        print(f"{r['file']}\t{r['label']}\t" + '  '.join(f"{c}={p:.3f}" for c,p in r['probabilities'].items()))
+    res = predict_wavs(open_model(model, trust_pickle), list(wavs), tta=tta)
+    if json: print(jsonlib.dumps(res, indent=2))
+    else:
+        for r in res:
+            print(f"{r['file']}\t" + (r['error'] if r['label'] is None else
+                                      f"{r['label']}\t" + '  '.join(f"{c}={p:.3f}" for c,p in r['probabilities'].items())))
+    if n := sum(r['label'] is None for r in res): raise HeartnbError(f"{n} of {len(res)} recording(s) got no label (see above).")
 
 # %% ../nbs/06_cli.ipynb #d2c6cbcc
 @call_parse
@@ -407,11 +421,12 @@ def heartnb_evaluate(
     tta:int=0,                 # test-time augmentation passes
     clean_only:bool=False,     # leave out set_b's noisy recordings (they are scored by default: they are labelled)
     json:bool=False,           # print the report as JSON (the form of metrics.json)
+    trust_pickle:bool=False,   # load a model.pkl: a pickle runs any code it holds, so only for files you made yourself
 ):
     "Score a trained model on every labelled recording of a dataset folder: accuracy, balanced accuracy, macro-F1, per class, confusion matrix."
     from heartnb.predict import open_model
     from heartnb.evaluate import evaluate_model, format_report
-    rep = evaluate_model(open_model(model), data, subset, tta, include_noisy=not clean_only)
+    rep = evaluate_model(open_model(model, trust_pickle), data, subset, tta, include_noisy=not clean_only)
     rep['model'] = str(model)
     if json: print(jsonlib.dumps(rep, indent=2)); return
     print(f"{model} on set_{subset} of {data_path(data)} (tta {tta})\n" + format_report(rep))

@@ -204,7 +204,7 @@ def _check_safetensors(fname:Path):
         kind = 'a pickle' if head[:1] == b'\x80' else 'a torch/zip archive' if head[:2] == b'PK' else 'not safetensors'
         raise UnsafeModelError(f"{fname} is {kind}, not a safetensors file; the safe loader does not unpickle. "
                                "Ask for the model.safetensors + model.json pair that `heartnb train` writes, or, only if you "
-                               "trust whoever made it, load the pickle with `load_model` / `heartnb predict MODEL.pkl`.")
+                               "trust whoever made it, load the pickle with `load_model` (or `open_model(..., trust_pickle=True)`).")
 
 def safe_pair(
     fname, # `*.safetensors`, its `.json`, or a run folder

@@ -31,7 +31,7 @@ def out_path(
     what:str='--out',  # how the user named it, for messages
 )->Path:
     "`out` as a `Path`. Raises `FolderError` for an empty name (which would mean the current folder)."
-    if out is None or not str(out).strip(): raise FolderError(f"{what} is empty: name the folder to write (it is created if it does not exist).")
+    if out is None or not str(out).strip(): raise FolderError(f"{what} is an empty name: name the folder to write (it is created if it does not exist).")
     return Path(out)
 
 def folder_kind(
@@ -129,6 +129,7 @@ def writing(
 def writes(
     kind:str,          # the kind of folder the function writes
     arg:str='out',     # the name of the function's argument that names the folder
+    what:str='--out',  # how messages name the folder
 ):
     "Decorator: the function writes the folder named by its argument `arg`, inside `writing(..., kind)`."
     def deco(f):
@@ -136,7 +137,7 @@ def writes(
         @functools.wraps(f)
         def _inner(*args, **kwargs):
             b = sig.bind(*args, **kwargs); b.apply_defaults()
-            with writing(b.arguments[arg], kind, what='--out' if arg == 'out' else arg): return f(*args, **kwargs)
+            with writing(b.arguments[arg], kind, what=what): return f(*args, **kwargs)
         return _inner
     return deco
 

@@ -353,7 +353,7 @@ def check_recordings(
     if errs: raise ConversionError(bad_files_message(*zip(*errs), len(df)))
     return df
 
-@writes('spectrograms')
+@writes('spectrograms', what='the PNG folder')
 def spectrogram_images(
     df:pd.DataFrame,     # recordings, with columns `path` and `label` (e.g. from `index_dataset`)
     out,                 # output folder: receives `<label>/<stem>.png`, `manifest.csv`, `spec_config.json`

@@ -12,14 +12,15 @@ import numpy as np, pandas as pd, torch
 import matplotlib.pyplot as plt
 from fastcore.basics import store_attr
 from fastai.vision.all import (vision_learner, error_rate, accuracy, Learner, valley,
-                               Callback, Recorder, save_model, load_model, CrossEntropyLossFlat)
+                               Callback, Recorder, save_model, load_model, CrossEntropyLossFlat, TerminateOnNaNCallback)
 from .data import HeartnbError
 from .spectrogram import atomic_write
+from .safety import with_hints
 from .backbones import (get_arch, imagenet_weights, pretrained_kwargs, load_body_weights, backbone_stats,
                                set_normalize, WeightsUnavailableError)
 
 # %% auto #0
-__all__ = ['class_loss_weights', 'heart_learner', 'find_lr', 'TrainState', 'EpochCheckpoint', 'train_heart']
+__all__ = ['class_loss_weights', 'StopOnNonFinite', 'heart_learner', 'find_lr', 'TrainState', 'EpochCheckpoint', 'train_heart']
 
 # %% ../nbs/03_train.ipynb #21a55bc9
 def class_loss_weights(
@@ -34,6 +35,14 @@ def class_loss_weights(
     return torch.tensor(w, dtype=torch.float32)
 
 # %% ../nbs/03_train.ipynb #9e158677
+class StopOnNonFinite(TerminateOnNaNCallback):
+    "fastai's `TerminateOnNaNCallback` made an error: a NaN or infinite training loss stops the run with `NonFiniteError` (lr_find's own divergence test excepted)."
+    def after_batch(self):
+        if hasattr(self.learn, 'lr_finder') or torch.isfinite(self.loss).all(): return
+        from heartnb.predict import NonFiniteError
+        raise with_hints(NonFiniteError(f"the training loss became {float(self.loss)} (epoch {self.epoch}, batch {self.iter}): the training diverged, "
+                                        "and nothing was exported."), lr="Train again with a lower --lr.")
+
 def heart_learner(
     dls,                    # DataLoaders from `heart_dls` or `audio_dls`
     arch='resnet34',        # torchvision function or name, or timm name (`get_arch`)
@@ -62,6 +71,7 @@ def heart_learner(
     else: learn,rec,stats = vision_learner(dls, f, pretrained=False, **kw),dict(weights='none'),None
     if stats: set_normalize(dls, *stats)
     learn.heartnb_pretrained = rec
+    learn.add_cb(StopOnNonFinite())        # NaN never trains on quietly (and is never exported)
     if fp16 is None: fp16 = dls.device is not None and torch.device(dls.device).type == 'cuda'
     return learn.to_fp16() if fp16 else learn
 
@@ -120,8 +130,12 @@ class TrainState:
         if not fn.exists(): raise HeartnbError(f"{fn} (named in {self.folder/'state.json'}) is missing: delete {self.folder} and train again without --resume.")
         if ck.startswith('unfrozen'): learn.unfreeze()
         else: learn.freeze()
-        load_model(fn, learn.model, learn.opt, with_opt=True, device=learn.dls.device)
-        _set_rng_state(learn, self.d['rng'])
+        try:
+            load_model(fn, learn.model, learn.opt, with_opt=True, device=learn.dls.device)
+            _set_rng_state(learn, self.d['rng'])
+        except Exception as e:
+            raise HeartnbError(f"{fn} (the checkpoint to resume from) is damaged ({type(e).__name__}: {str(e)[:200]}): "
+                               f"delete {self.folder} and train again without --resume.") from None
         return learn
 
 def _rng_state(learn):

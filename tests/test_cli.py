@@ -39,7 +39,7 @@ def test_train_writes_the_run_folder(trained):
 
 def test_predict_raw_wavs(trained, synth):
     wavs = sorted((synth/'set_b').glob('murmur__*.wav'))[:3]
-    r = run('predict', trained/'model.pkl', *wavs, '--json')
+    r = run('predict', trained/'model.pkl', *wavs, '--json', '--trust-pickle')
     assert r.returncode == 0, r.stderr
     res = json.loads(r.stdout)
     assert [r['file'] for r in res] == [str(w) for w in wavs]
@@ -47,12 +47,12 @@ def test_predict_raw_wavs(trained, synth):
         assert set(r['probabilities']) == {'extrastole','murmur','normal'}
         assert abs(sum(r['probabilities'].values()) - 1) < 1e-5
         assert r['label'] == max(r['probabilities'], key=r['probabilities'].get)
-    rc,txt = run_cli('predict', trained/'model.pkl', wavs[0])
+    rc,txt = run_cli('predict', trained/'model.pkl', wavs[0], '--trust-pickle')
     assert rc == 0 and wavs[0].name in txt
 
 def test_safe_model_predicts_as_the_pickle(trained, synth):
     wavs = sorted((synth/'set_b').glob('extrastole__*.wav'))[:3]
-    a,b,c = (run('predict', m, *wavs, '--json') for m in (trained/'model.pkl', trained/'model.safetensors', trained))
+    a,b,c = (run('predict', m, *wavs, '--json', '--trust-pickle') for m in (trained/'model.pkl', trained/'model.safetensors', trained))
     for r in (a,b,c): assert r.returncode == 0, r.stderr
     for x,y,z in zip(*(json.loads(r.stdout) for r in (a,b,c))):
         assert x['label'] == y['label'] == z['label']
@@ -165,7 +165,7 @@ def test_bad_wavs_name_the_file(synth, tmp_path, name, content, msg):
 
 def test_bad_wav_at_predict(trained, tmp_path):
     bad = tmp_path/'bad.wav'; bad.write_bytes(b'RIFF\x00\x00')
-    rc,txt = run_cli('predict', trained/'model.pkl', bad)
+    rc,txt = run_cli('predict', trained/'model.pkl', bad, '--trust-pickle')
     assert rc == 1 and 'bad.wav' in txt and 'Traceback' not in txt
 
 def test_silent_wav_gives_a_defined_image(tmp_path):
@@ -203,7 +203,7 @@ def test_real_data_smoke(tmp_path):
     assert np.array(m['confusion_matrix']).sum() == m['n_valid'] and 0 <= m['accuracy'] <= 1
     man = pd.read_csv(out/'spectrograms'/'manifest.csv')
     wav = man.path[0]
-    r = run('predict', out/'model.pkl', wav, '--json')
+    r = run('predict', out/'model.pkl', wav, '--json', '--trust-pickle')
     assert r.returncode == 0, r.stderr
     res = json.loads(r.stdout)
     assert res[0]['file'] == wav and res[0]['label'] in m['classes']
