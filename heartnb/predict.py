@@ -214,6 +214,7 @@ def safe_pair(
     if fname.is_dir(): fname = fname/'model.safetensors'
     if fname.suffix == '.json': fname = fname.with_suffix('.safetensors')
     meta_fn = fname.with_suffix('.json')
+    if fname.is_file(): _check_safetensors(fname)      # a pickle is named as one, whatever is beside it
     for f in (fname, meta_fn):
         if not f.exists(): raise HeartnbError(f"{f} not found: a safe heartnb model is a .safetensors file with its .json beside it (`heartnb train` writes RUN_DIR/model.safetensors and RUN_DIR/model.json).")
     return fname, meta_fn

@@ -329,9 +329,9 @@ def _convert_one(item, out:Path=None, cfg:SpecConfig=None, size:int=512, force:b
     try:
         if not force and _up_to_date(rec, wav, png, key): return 'skipped'
         data = png_bytes(wav2image(wav, cfg, size), png_level)
-        wid = _wav_id(wav)
-        atomic_write(png, lambda t: Path(t).write_bytes(data))
-        _journal(out, dict(png=rel, key=key, **wid, png_size=len(data), png_sha256=hashlib.sha256(data).hexdigest()))
+        rec = dict(png=rel, key=key, **_wav_id(wav), png_size=len(data), png_sha256=hashlib.sha256(data).hexdigest())
+        def write(t): Path(t).write_bytes(data); _journal(out, rec)   # recorded before the rename: a kill between them redoes it
+        atomic_write(png, write)
         return 'done'
     except (AudioError, OSError, ValueError) as e: return str(e)
 
