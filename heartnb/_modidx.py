@@ -250,4 +250,8 @@ d = { 'settings': { 'branch': 'main',
                                'heartnb.train.class_loss_weights': ('train.html#class_loss_weights', 'heartnb/train.py'),
                                'heartnb.train.find_lr': ('train.html#find_lr', 'heartnb/train.py'),
                                'heartnb.train.heart_learner': ('train.html#heart_learner', 'heartnb/train.py'),
-                               'heartnb.train.train_heart': ('train.html#train_heart', 'heartnb/train.py')}}}
+                               'heartnb.train.train_heart': ('train.html#train_heart', 'heartnb/train.py')},
+            'heartnb.transfer': { 'heartnb.transfer._ms': ('transfer.html#_ms', 'heartnb/transfer.py'),
+                                  'heartnb.transfer.cv_table': ('transfer.html#cv_table', 'heartnb/transfer.py'),
+                                  'heartnb.transfer.plot_cv_table': ('transfer.html#plot_cv_table', 'heartnb/transfer.py'),
+                                  'heartnb.transfer.weights_label': ('transfer.html#weights_label', 'heartnb/transfer.py')}}}
