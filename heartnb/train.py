@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np, pandas as pd, torch
 import matplotlib.pyplot as plt
 from fastcore.basics import store_attr
+from fastcore.foundation import L
 from fastai.vision.all import (vision_learner, accuracy, BalancedAccuracy, F1Score, Learner, valley, Callback,
                                SaveModelCallback, CSVLogger, CrossEntropyLossFlat, get_random_states, set_random_states)
 from .data import HeartnbError
@@ -167,7 +168,7 @@ def train_heart(
                 run['times'][f'lr_find{"_unfrozen" if stage=="unfrozen" else ""}'] = time.time()-t
                 save_run()
             t,lrs = time.time(),run['lrs'][stage]
-            fcbs = [CSVLogger(ck/f'history_{stage}.csv', append=True), *(cbs or [])]
+            fcbs = [CSVLogger(ck/f'history_{stage}.csv', append=True), *L(cbs)]
             if checkpoints: fcbs += [SaveModelCallback(every_epoch=True, with_opt=True, fname=stage),
                                      RandomStates(ck, stage, start, st if st.get('stage') == stage else None)]
             learn.fit_one_cycle(n, lrs if stage=='frozen' else slice(*lrs), start_epoch=start, cbs=fcbs)
