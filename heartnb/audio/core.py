@@ -167,7 +167,7 @@ def clip_items(
 
 def clip_or_file(r):
     "`get_x` of `audio_dblock`: a clip item's (`path`, `start`), or a file name given as is (a recording to predict: its centred clip)."
-    return (str(r), -1) if isinstance(r, (str, Path)) else (r['path'], r['start'])
+    return [str(r), -1] if isinstance(r, (str, Path)) else [r['path'], r['start']]   # (a list: fastai maps transforms over tuples)
 
 def audio_dblock(
     cfg='heart',           # spectrogram settings (`SpecConfig` or preset name); recordings are resampled to `cfg.sr`
