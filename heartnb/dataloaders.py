@@ -49,7 +49,7 @@ def heart_splitter(split:str='random', valid_pct:float=0.3, seed:int=42):
     raise ValueError(f"split must be 'random' or 'patient', not {split!r}")
 
 # %% ../nbs/02_dataloaders.ipynb #f5d68f8a
-def png_or_file(r):
+def png_or_file(r:object):  # (any item: `learn.predict` passes a file name, a `str` or a `Path`)
     "`get_x` of `heart_dblock`: a manifest row's `png`, or a file name given as is (a recording to predict)."
     return str(r) if isinstance(r, (str, Path)) else r['png']
 

@@ -165,7 +165,7 @@ def clip_items(
         rows += [dict(r, start=s, is_valid=bool(v)) for s in starts]
     return pd.DataFrame(rows, columns=[*df.columns, 'start', 'is_valid'])
 
-def clip_or_file(r):
+def clip_or_file(r:object):  # (any item: `learn.predict` passes a file name, a `str` or a `Path`)
     "`get_x` of `audio_dblock`: a clip item's (`path`, `start`), or a file name given as is (a recording to predict: its centred clip)."
     return [str(r), -1] if isinstance(r, (str, Path)) else [r['path'], r['start']]   # (a list: fastai maps transforms over tuples)
 
