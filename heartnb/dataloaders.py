@@ -7,17 +7,19 @@ Docs: https://heartnb.github.io/heartnb/dataloaders.html.md"""
 # %% ../nbs/02_dataloaders.ipynb #312953d2
 from __future__ import annotations
 import os
+from pathlib import Path
 import numpy as np, pandas as pd, torch
 from sklearn.model_selection import StratifiedGroupKFold
 from PIL import Image
-from fastai.vision.all import (DataBlock, ImageBlock, CategoryBlock, ColReader, RandomSplitter, Resize,
-                               Normalize, imagenet_stats, DataLoaders, PILImage, default_device)
+from fastai.vision.all import (DataBlock, TransformBlock, CategoryBlock, ColReader, RandomSplitter, Resize, Transform,
+                               IntToFloatTensor, Normalize, imagenet_stats, DataLoaders, PILImage, default_device)
 from fastai.callback.data import *  # `DataBlock.weighted_dataloaders`
-from .spectrogram import window_frames, window_starts, window_image
+from .data import AUDIO_EXTS
+from .spectrogram import spec_config, wav2image
 
 # %% auto #0
-__all__ = ['PatientSplitter', 'group_col', 'heart_splitter', 'window_items', 'WindowReader', 'class_balance_weights',
-           'heart_dblock', 'loader_workers', 'check_balance', 'dblock_dls', 'heart_dls']
+__all__ = ['PatientSplitter', 'group_col', 'heart_splitter', 'png_or_file', 'SpecImage', 'SpecImageBlock',
+           'class_balance_weights', 'heart_dblock', 'loader_workers', 'check_balance', 'dblock_dls', 'heart_dls']
 
 # %% ../nbs/02_dataloaders.ipynb #6e7d20d0
 def PatientSplitter(
@@ -46,28 +48,23 @@ def heart_splitter(split:str='random', valid_pct:float=0.3, seed:int=42):
     if split=='patient': return PatientSplitter(valid_pct=valid_pct, seed=seed)
     raise ValueError(f"split must be 'random' or 'patient', not {split!r}")
 
+# %% ../nbs/02_dataloaders.ipynb #f5d68f8a
+def png_or_file(r:object):  # (any item: `learn.predict` passes a file name, a `str` or a `Path`)
+    "`get_x` of `heart_dblock`: a manifest row's `png`, or a file name given as is (a recording to predict)."
+    return str(r) if isinstance(r, (str, Path)) else r['png']
+
+class SpecImage(Transform):
+    "Type transform: a spectrogram PNG → `PILImage` (RGB); an audio file → its spectrogram image (`wav2image` with `cfg`, `size`)."
+    def __init__(self, cfg='heart', size:int=512): self.cfg,self.size = spec_config(cfg),size
+    def encodes(self, fn:str)->PILImage:
+        if Path(fn).suffix.lower() in AUDIO_EXTS: return PILImage(Image.fromarray(wav2image(fn, self.cfg, self.size)).convert('RGB'))
+        return PILImage.create(fn)
+
+def SpecImageBlock(cfg='heart', size:int=512)->TransformBlock:
+    "fastai's `ImageBlock` for spectrogram PNGs that also reads audio files (`SpecImage`)."
+    return TransformBlock(type_tfms=SpecImage(cfg, size), batch_tfms=IntToFloatTensor)
+
 # %% ../nbs/02_dataloaders.ipynb #eee72680
-def window_items(
-    manifest:pd.DataFrame, # native-resolution manifest (`spectrogram_images(..., size=None)` then `load_manifest`)
-    cfg='heart',           # the spectrogram settings of those PNGs (for the frame rate)
-    window:float=3.,       # window duration, s
-    window_hop:float=1.5,  # time between window starts, s
-)->pd.DataFrame:           # one row per window: the manifest's columns plus `start` and `win` (frames)
-    "Expand a manifest of recordings into one row per fixed-duration window (see `window_starts`)."
-    win,hop = window_frames(window, cfg),window_frames(window_hop, cfg)
-    rows = []
-    for r in manifest.to_dict('records'):
-        with Image.open(r['png']) as im: n = im.size[0]
-        rows += [dict(r, start=s, win=win) for s in window_starts(n, win, hop)]
-    return pd.DataFrame(rows, columns=[*manifest.columns, 'start', 'win'])
-
-class WindowReader:
-    "`get_x` for window items: the RGB `size×size` image of frames `[start, start+win)` of the row's native PNG (`window_image`)."
-    def __init__(self, size:int=512): self.size = size
-    def __call__(self, r):
-        with Image.open(r['png']) as im: img = np.asarray(im.convert('L'))
-        return PILImage(Image.fromarray(window_image(img, int(r['start']), int(r['win']), self.size)).convert('RGB'))
-
 def class_balance_weights(
     labels,                # the label of every item, length n
 )->np.ndarray:             # sampling weight of every item, shape (n,), summing to 1
@@ -83,16 +80,14 @@ def heart_dblock(
     seed:int=42,           # seed of the split
     size:int=512,          # image side fed to the model, pixels (PNGs of another size are resized)
     vocab:list=None,       # class order (default: sorted labels)
-    windows:bool=False,    # items are windows from `window_items` (else whole-recording PNGs)
     splitter=None,         # a fastai splitter that replaces the one `split` names (e.g. a cross-validation fold)
+    cfg='heart',           # spectrogram settings of the PNGs (used to read a WAV given to `learn.predict`)
 )->DataBlock:
-    "The heartnb `DataBlock`: (PNG spectrogram or window → `ImageBlock`, label → `CategoryBlock`) over a manifest DataFrame."
-    if splitter is None:
-        splitter = (PatientSplitter(valid_pct, seed, group_col=group_col(split)) if windows else heart_splitter(split, valid_pct, seed))
-    return DataBlock(blocks=(ImageBlock, CategoryBlock(vocab=vocab)),
-                     get_x=WindowReader(size) if windows else ColReader('png'), get_y=ColReader('label'),
-                     splitter=splitter,
-                     item_tfms=None if windows else Resize(size, method='squish'),
+    "The heartnb `DataBlock`: (PNG spectrogram → `SpecImageBlock`, label → `CategoryBlock`) over a manifest DataFrame."
+    return DataBlock(blocks=(SpecImageBlock(cfg, size), CategoryBlock(vocab=vocab)),
+                     get_x=png_or_file, get_y=ColReader('label'),
+                     splitter=splitter or heart_splitter(split, valid_pct, seed),
+                     item_tfms=Resize(size, method='squish'),
                      batch_tfms=Normalize.from_stats(*imagenet_stats))
 
 def loader_workers(
@@ -128,20 +123,20 @@ def dblock_dls(
     return dss.weighted_dataloaders(class_balance_weights(np.asarray(items['label'])[dss.splits[0]]), **kw)
 
 def heart_dls(
-    manifest:pd.DataFrame, # rows with `png` (absolute path), `label`, `patient` (see `load_manifest`), or window items
+    manifest:pd.DataFrame, # rows with `png` (absolute path), `label`, `patient` (see `load_manifest`)
     split:str='random',    # 'random' or 'patient'
     valid_pct:float=0.3,   # validation share
     seed:int=42,           # seed of the split
     size:int=512,          # image side, pixels
     bs:int=4,              # batch size (the seed's 4; larger batches train faster per epoch)
     num_workers:int=None,  # DataLoader worker processes (default: `loader_workers`)
-    windows:bool=False,    # `manifest` holds window items (`window_items`)
     balance:str=None,      # 'oversample': draw training items inversely to class frequency (`WeightedDL`); None: as they come
     splitter=None,         # replaces the split `split` names, see `heart_dblock`
     vocab:list=None,       # class order (default: sorted labels)
+    cfg='heart',           # spectrogram settings the PNGs were made with
     **kwargs,              # passed to `DataBlock.dataloaders` (e.g. `device`)
 )->DataLoaders:
-    "Training and validation `DataLoaders` of spectrogram images (or windows) from a manifest. Raises `ValueError` for an unknown `balance`."
+    "Training and validation `DataLoaders` of spectrogram images from a manifest. Raises `ValueError` for an unknown `balance`."
     check_balance(balance)
-    return dblock_dls(heart_dblock(split, valid_pct, seed, size, vocab, windows, splitter), manifest, bs, num_workers,
+    return dblock_dls(heart_dblock(split, valid_pct, seed, size, vocab, splitter, cfg), manifest, bs, num_workers,
                       balance == 'oversample', **kwargs)  # ('weights' is the loss's business)

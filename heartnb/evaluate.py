@@ -1,4 +1,4 @@
-"""Evaluate an exported model on every labelled recording of a dataset folder; patient-grouped, stratified k-fold cross-validation; recording-level metrics for windowed models.
+"""Evaluate an exported model on every labelled recording of a dataset folder; patient-grouped, stratified k-fold cross-validation; recording-level metrics for models trained on audio clips.
 
 Docs: https://heartnb.github.io/heartnb/evaluate.html.md"""
 
@@ -45,7 +45,7 @@ def holdout_split(
 
 # %% ../nbs/05a_evaluate.ipynb #4e9fe3a7
 def recording_probs(
-    items:pd.DataFrame, # one row per model input (a recording or a window), with `path` and `label`
+    items:pd.DataFrame, # one row per model input (a recording or an audio clip), with `path` and `label`
     probs,              # class probabilities of those rows, shape (len(items), n_classes)
 )->tuple:               # (recordings DataFrame with `path`, `label`; probabilities tensor, shape (n_recordings, n_classes))
     "Average the probabilities of each recording's rows, recordings in order of first appearance."
@@ -57,7 +57,7 @@ def learner_report(
     dl=None,            # DataLoader to evaluate (default: the validation set, in order)
     probs=None,         # class probabilities of `dl`'s items, shape (len(dl.items), n_classes), if already computed (`learn.get_preds`)
 )->tuple:               # (`classification_report` over recordings, DataFrame: path, label, patient, predicted, one column per class)
-    "Recording-level metrics of `learn` on `dl` (windows averaged per recording, see `recording_probs`)."
+    "Recording-level metrics of `learn` on `dl` (clips averaged per recording, see `recording_probs`)."
     if dl is None: dl = learn.dls.valid.new(shuffle=False, drop_last=False)
     if probs is None: probs,_ = learn.get_preds(dl=dl)
     vocab = list(map(str, learn.dls.vocab))

@@ -8,7 +8,7 @@ Docs: https://heartnb.github.io/heartnb/interpret.html.md"""
 from __future__ import annotations
 from pathlib import Path
 import numpy as np, matplotlib.pyplot as plt
-from sklearn.metrics import precision_recall_fscore_support, balanced_accuracy_score, accuracy_score, f1_score, confusion_matrix
+from sklearn.metrics import precision_recall_fscore_support, balanced_accuracy_score, accuracy_score, f1_score, confusion_matrix, ConfusionMatrixDisplay
 from fastai.vision.all import ClassificationInterpretation, Learner
 
 # %% auto #0
@@ -40,15 +40,10 @@ def plot_confusion(
     fname=None,     # save the figure here (PNG) if given
     title:str='Confusion matrix',
 ):
-    "Plot a confusion matrix with counts in the cells (rows: actual, columns: predicted); return the figure."
-    cm = np.asarray(cm)
+    "Plot a confusion matrix with counts in the cells (rows: actual, columns: predicted; scikit-learn's `ConfusionMatrixDisplay`); return the figure."
     fig,ax = plt.subplots(figsize=(1.2*len(classes)+2, 1.2*len(classes)+1.5))
-    ax.imshow(cm, cmap='Blues')
-    ax.set_xticks(range(len(classes)), classes, rotation=45, ha='right'); ax.set_yticks(range(len(classes)), classes)
+    ConfusionMatrixDisplay(np.asarray(cm), display_labels=classes).plot(ax=ax, cmap='Blues', colorbar=False, xticks_rotation=45)
     ax.set_xlabel('Predicted'); ax.set_ylabel('Actual'); ax.set_title(title)
-    for i in range(len(classes)):
-        for j in range(len(classes)):
-            ax.text(j, i, int(cm[i,j]), ha='center', va='center', color='white' if cm[i,j] > cm.max()/2 else 'black')
     fig.tight_layout()
     if fname: fig.savefig(fname, dpi=80)
     return fig

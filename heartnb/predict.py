@@ -11,40 +11,30 @@ from pathlib import Path
 import numpy as np, torch
 from fastai.vision.all import load_learner, Learner, Normalize, imagenet_stats
 from .data import HeartnbError
-from .spectrogram import spec_config, wav2image, wav_windows, SpecConfig, atomic_write, load_audio, AudioError, UnusableRecording, bad_files_message
+from .spectrogram import spec_config, wav2image, SpecConfig, atomic_write, load_audio, AudioError, UnusableRecording, bad_files_message
 from .safety import with_hints
-from .dataloaders import loader_workers
+from .dataloaders import loader_workers, SpecImage
 from .backbones import arch_name
 
 # %% auto #0
-__all__ = ['SAFE_FORMAT', 'SAFE_ARCHS', 'NonFiniteError', 'check_finite', 'export_model', 'load_model', 'UnsafeModelError',
-           'export_safe', 'tta_shifts', 'SafeModel', 'Ensemble', 'safe_pair', 'check_model_meta', 'load_safe',
-           'open_model', 'as_predictor', 'wav_images', 'predict_probs', 'predict_wavs']
+__all__ = ['SAFE_FORMAT', 'SAFE_ARCHS', 'model_inputs', 'NonFiniteError', 'check_finite', 'export_model', 'load_model',
+           'UnsafeModelError', 'export_safe', 'tta_shifts', 'SafeModel', 'Ensemble', 'safe_pair', 'check_model_meta',
+           'load_safe', 'open_model', 'as_predictor', 'wav_images', 'predict_probs', 'predict_wavs']
 
 # %% ../nbs/05_predict.ipynb #71560752
-def _window_meta(window, window_hop)->dict|None:
-    "The `window` entry of a model's description: None (whole recordings) or {'seconds', 'hop'}"
-    if not window: return None
-    hop = window_hop or window/2
-    if not (window > 0 and hop > 0): raise ValueError(f"window ({window}) and window_hop ({window_hop}) must be positive seconds")
-    return dict(seconds=float(window), hop=float(hop))
-
-def _audio_meta(learn)->dict|None:
-    "The `audio` entry of a model's description: None for a model trained on PNGs, {'duration', 'channels'} for one trained on audio (`audio_dls`)"
-    a = getattr(learn.dls, 'heartnb_audio', None) or getattr(learn, 'heartnb_audio', None)
-    return dict(duration=float(a['duration']), channels=int(a['channels'])) if a else None
-
-def _spec_for(learn, cfg=None, size:int=None)->tuple:
-    """(`SpecConfig`, size) to record with `learn`: for a model trained on audio, those of its DataLoaders (given ones
-    must agree: raises `ValueError`); otherwise the given ones, by default 'heart' and 512"""
-    a = getattr(learn.dls, 'heartnb_audio', None)
-    if a is None and getattr(learn, 'heartnb_audio', None) and hasattr(learn, 'heartnb_spec'):   # a loaded export
-        sp = dict(learn.heartnb_spec); a = dict(size=sp.pop('size'), spectrogram=sp)
-    if not a or 'spectrogram' not in a: return spec_config(cfg or 'heart'), (512 if size is None else size)
-    own = SpecConfig(**a['spectrogram'])
-    if (cfg is not None and spec_config(cfg) != own) or (size is not None and size != a['size']):
-        raise ValueError(f"this model was trained on audio with {own} and size {a['size']}: export it with those (leave cfg and size out)")
-    return own, a['size']
+def model_inputs(
+    learn:Learner, # a learner made with `heart_dls` or `audio_dls` (trained, or from `load_learner`)
+)->dict:           # `spectrogram` (`SpecConfig`), image `size`, and `audio`: None, or {'duration', 'channels'} for a model trained on audio
+    "What `learn`'s model reads, found in the transforms of its DataLoaders. Raises `HeartnbError` for a learner heartnb did not make."
+    from heartnb.audio.core import AudioToSpec, CropPad
+    dls = learn.dls
+    tfms = [*dls.train_ds.tls[0].tfms.fs, *dls.train.after_item.fs, *dls.train.after_batch.fs]
+    def find(cls): return next((t for t in tfms if isinstance(t, cls)), None)
+    if (spec := find(SpecImage)) is not None: return dict(spectrogram=spec.cfg, size=spec.size, audio=None)
+    if (a2s := find(AudioToSpec)) is None or (crop := find(CropPad)) is None:
+        raise HeartnbError("this learner's DataLoaders neither read spectrogram PNGs (`heart_dls`) nor audio (`audio_dls`): not a heartnb model.")
+    f = a2s.front
+    return dict(spectrogram=f.melspec.cfg, size=f.size, audio=dict(duration=float(crop.duration), channels=int(f.channels)))
 
 class NonFiniteError(HeartnbError, ValueError):
     "A model's weights, normalisation statistics or outputs are NaN or infinite."
@@ -65,30 +55,26 @@ def _check_norm(mean, std, what):
     check_finite(dict(mean=list(mean), std=list(std)), what)
     if min(std) <= 0: raise NonFiniteError(f"{what}: a normalisation standard deviation is {min(std)}, not positive (inputs would be divided by it).")
 
-def export_model(learn:Learner, fname,
-                 cfg=None,        # spectrogram settings it was trained on (default 'heart'; a model trained on audio knows its own)
-                 size:int=None,   # image side it was trained on, pixels (default 512; a model trained on audio knows its own)
-                 window:float=None, window_hop:float=None, # fixed-duration windows it was trained on, s (None: whole recordings)
-                )->Path:
-    "Export `learn` (fastai pickle) to `fname` with the spectrogram settings `cfg`, image `size` and windows it was trained on."
-    cfg,size = _spec_for(learn, cfg, size)
-    learn.heartnb_spec = dict(cfg.to_dict(), size=size)
-    learn.heartnb_window = _window_meta(window, window_hop)
-    learn.heartnb_audio = _audio_meta(learn)
+def export_model(
+    learn:Learner, # trained learner (from `heart_learner`)
+    fname,         # file to write, e.g. `model.pkl`
+)->Path:           # `fname`
+    "Export `learn` the fastai way (`Learner.export`, a pickle): `load_learner(fname).predict('x.wav')` classifies a recording, since its DataLoaders read WAVs."
+    model_inputs(learn)
     fname = Path(fname)
     check_finite(learn.model.state_dict(), 'the model'); _check_norm(*_norm_stats(learn), 'the model')
     atomic_write(fname, lambda t: learn.export(Path(t).absolute()))   # complete or absent, like every other file
     return fname
 
 def load_model(fname, cpu:bool=True)->Learner:
-    """Load a model written by `export_model`: a pickle, which can run any code it holds, so call this only on files you
-    made yourself (`open_model` asks for `trust_pickle=True`). Raises `HeartnbError` if the file is missing, not a
-    heartnb export, or holds non-finite weights."""
+    """Load a model written by `export_model` (fastai's `load_learner`): a pickle, which can run any code it holds, so call
+    this only on files you made yourself (`open_model` asks for `trust_pickle=True`). Raises `HeartnbError` if the file
+    is missing, not a heartnb export, or holds non-finite weights."""
     fname = Path(fname)
     if not fname.exists(): raise HeartnbError(f"model file {fname} not found: train one with `heartnb train` (it writes RUN_DIR/model.pkl).")
     try: learn = load_learner(fname, cpu=cpu)
     except Exception as e: raise HeartnbError(f"{fname} could not be loaded as a fastai export ({type(e).__name__}: {str(e)[:200]}).") from None
-    if not hasattr(learn, 'heartnb_spec'): raise HeartnbError(f"{fname} has no heartnb spectrogram settings: export it with `export_model`.")
+    model_inputs(learn)
     check_finite(learn.model.state_dict(), fname); _check_norm(*_norm_stats(learn), fname)
     for dl in learn.dls.loaders: dl.fake_l.num_workers = loader_workers(learn.dls.device)   # this machine's, not the trainer's
     return learn
@@ -107,21 +93,17 @@ def _norm_stats(learn):
 def export_safe(
     learn:Learner,  # trained `vision_learner` (from `heart_learner`)
     fname,          # weights file to write, `*.safetensors`; the description goes to the same name with `.json`
-    cfg=None,       # spectrogram settings it was trained on (`SpecConfig` or preset name; default 'heart'; a model trained on audio knows its own)
-    size:int=None,  # image side it was trained on, pixels (default 512; a model trained on audio knows its own)
-    window:float=None,     # window duration it was trained on, s (None: one image per recording)
-    window_hop:float=None, # time between window starts, s
 )->Path:            # `fname`
     "Write `learn`'s weights as safetensors and a JSON description beside them: a model file that cannot run code when loaded."
     from safetensors.torch import save_file
     fname = Path(fname)
     if fname.suffix != '.safetensors': raise ValueError(f"{fname}: the weights file must end in .safetensors")
     mean,std = _norm_stats(learn)
-    audio,(cfg,size) = _audio_meta(learn),_spec_for(learn, cfg, size)
+    inp = model_inputs(learn)
+    audio = inp['audio']
     meta = dict(format=SAFE_FORMAT, arch=arch_name(learn.arch), n_in=audio['channels'] if audio else 3, classes=list(map(str, learn.dls.vocab)),
-                spectrogram=cfg.to_dict(), size=size, normalize=dict(mean=mean, std=std),
-                window=_window_meta(window, window_hop), input='audio' if audio else 'png', audio=audio,
-                pretrained=getattr(learn, 'heartnb_pretrained', None))
+                spectrogram=inp['spectrogram'].to_dict(), size=inp['size'], normalize=dict(mean=mean, std=std),
+                input='audio' if audio else 'png', audio=audio, pretrained=getattr(learn, 'heartnb_pretrained', None))
     sd = check_finite({k: v.detach().cpu().contiguous() for k,v in learn.model.state_dict().items()}, 'the model')
     _check_norm(mean, std, 'the model')
     atomic_write(fname, lambda t: save_file(sd, t, metadata=dict(format=SAFE_FORMAT)))
@@ -143,7 +125,7 @@ class SafeModel:
         self.model,self.meta = model.eval(),meta
         self.vocab = meta['classes']
         self.heartnb_spec = dict(meta['spectrogram'], size=meta['size'])
-        self.window,self.audio = meta.get('window'),meta.get('audio')
+        self.audio = meta.get('audio')
         self.mean = torch.tensor(meta['normalize']['mean']).view(1,-1,1,1)
         self.std = torch.tensor(meta['normalize']['std']).view(1,-1,1,1)
         if self.audio:
@@ -152,12 +134,10 @@ class SafeModel:
 
     @classmethod
     def from_learner(cls, learn:Learner):
-        "Predict with a `Learner` from `load_model` (or trained and given `heartnb_spec`) through the same steps as a safe model."
-        spec = dict(learn.heartnb_spec); size = spec.pop('size')
-        mean,std = _norm_stats(learn)
-        return cls(learn.model, dict(classes=list(map(str, learn.dls.vocab)), spectrogram=spec, size=size,
-                                     normalize=dict(mean=mean, std=std), window=getattr(learn, 'heartnb_window', None),
-                                     audio=_audio_meta(learn)))
+        "Predict with a `Learner` (trained, or from `load_model`) through the same steps as a safe model (`model_inputs`)."
+        inp,(mean,std) = model_inputs(learn),_norm_stats(learn)
+        return cls(learn.model, dict(classes=list(map(str, learn.dls.vocab)), spectrogram=inp['spectrogram'].to_dict(), size=inp['size'],
+                                     normalize=dict(mean=mean, std=std), audio=inp['audio']))
 
     def inputs(self,
         xs:list,   # uint8 spectrogram images (size, size) for a PNG-trained model; float32 waveforms of `audio['duration']` s for an audio one
@@ -182,15 +162,15 @@ class SafeModel:
         return torch.cat(out) if out else torch.zeros(0, len(self.vocab))
 
 class Ensemble:
-    "Several models with the same classes, spectrogram settings, size and windows (e.g. the k fold models of `heartnb cv`) that predict together by averaging their probabilities."
+    "Several models with the same classes, spectrogram settings, size and input (e.g. the k fold models of `heartnb cv`) that predict together by averaging their probabilities."
     def __init__(self, models:list):
         if not models: raise HeartnbError("an ensemble needs at least one model")
         m0 = models[0]
         for m in models[1:]:
-            for k in ('vocab', 'heartnb_spec', 'window', 'audio'):
+            for k in ('vocab', 'heartnb_spec', 'audio'):
                 if getattr(m, k) != getattr(m0, k):
                     raise HeartnbError(f"the models of an ensemble must agree on {k}: {getattr(m0, k)!r} and {getattr(m, k)!r}")
-        self.models,self.vocab,self.heartnb_spec,self.window,self.audio = models,m0.vocab,m0.heartnb_spec,m0.window,m0.audio
+        self.models,self.vocab,self.heartnb_spec,self.audio = models,m0.vocab,m0.heartnb_spec,m0.audio
         self.meta = dict(m0.meta, ensemble=len(models))
     def predict_images(self, imgs:list, bs:int=16, tta:int=0)->torch.Tensor:
         "The mean of the members' `predict_images` probabilities, shape (len(imgs), n_classes)."
@@ -231,7 +211,7 @@ def check_model_meta(
 )->dict:         # `meta`, if it describes a model heartnb will build
     """Bound what a `model.json` can make the safe loader do: an architecture from `SAFE_ARCHS`, 2 to 1000 classes,
     1 or 3 input channels, images of 16 to 1024 pixels, spectrograms at 500 Hz to 48 kHz with FFTs of 16 to 8192
-    samples, hops of at least 1 ms, 1 to 512 mel bands, windows and clips of 0.5 to 60 s, finite normalisation
+    samples, hops of at least 1 ms, 1 to 512 mel bands, clips of 0.5 to 60 s, finite normalisation
     statistics with positive standard deviations. Raises `HeartnbError` naming the field."""
     def need(ok, field, allowed):
         if not ok: raise HeartnbError(f"{where}: {field} {_get(field)!r} is not accepted ({allowed}); the file is damaged or was edited. Re-export the model.")
@@ -256,9 +236,6 @@ def check_model_meta(
     nm = meta.get('normalize')
     ok = isinstance(nm, dict) and all(isinstance(nm.get(k), list) and len(nm[k]) == meta['n_in'] and all(_num(x) for x in nm[k]) for k in ('mean','std'))
     need(ok and all(x > 0 for x in nm['std']), 'normalize', f"{meta['n_in']} finite means and positive standard deviations")
-    if (w := meta.get('window')) is not None:
-        need(isinstance(w, dict) and _num(w.get('seconds')) and 0.5 <= w['seconds'] <= 60 and _num(w.get('hop')) and w['seconds']/10 <= w['hop'] <= w['seconds'],
-             'window', 'seconds 0.5 to 60, hop from a tenth of it to all of it')
     if (a := meta.get('audio')) is not None:
         need(isinstance(a, dict) and _num(a.get('duration')) and 0.5 <= a['duration'] <= 60 and a.get('channels') == meta['n_in'],
              'audio', 'duration 0.5 to 60 s, channels = n_in')
@@ -307,26 +284,26 @@ def open_model(
     return load_safe(fname)
 
 def as_predictor(
-    model, # a `SafeModel`, an `Ensemble`, or a `Learner` (from `load_model`, or trained and given `heartnb_spec`)
+    model, # a `SafeModel`, an `Ensemble`, or a `Learner` (trained, or from `load_model`)
 )->'SafeModel|Ensemble':
     "`model` itself, or for a `Learner` the `SafeModel` that predicts through the same steps (`SafeModel.from_learner`)."
     return SafeModel.from_learner(model) if isinstance(model, Learner) else model
 
 def wav_images(
-    model,          # a `SafeModel`, `Ensemble` or `Learner` (for its spectrogram settings and windows)
+    model,          # a `SafeModel`, `Ensemble` or `Learner` (for its spectrogram settings)
     wav,            # a WAV file
-)->list:            # uint8 images (size, size), one per window or one for the recording; or float32 clips (audio models)
-    """The inputs a model sees for a recording, made with the settings stored in the model: its image (or its
-    windows' images), or for a model trained on audio, its clips of `duration` s (`clip_starts`, as its validation
+)->list:            # one uint8 image (size, size); or float32 clips (audio models)
+    """The inputs a model sees for a recording, made with the settings stored in the model: its image, or for a
+    model trained on audio, its clips of `duration` s (`clip_starts`, as its validation
     items; zeros appended to a shorter recording). Raises `AudioError`."""
-    spec = dict(model.heartnb_spec); size = spec.pop('size')
     pm = as_predictor(model)
-    cfg,win = SpecConfig(**spec),pm.window
+    spec = dict(pm.heartnb_spec); size = spec.pop('size')
+    cfg = SpecConfig(**spec)
     if pm.audio:
         from heartnb.audio.core import crop_pad, clip_starts
         y,_ = load_audio(wav, cfg.sr); y,n = torch.from_numpy(y),round(pm.audio['duration']*cfg.sr)
         return [crop_pad(y, n, s).numpy() for s in clip_starts(len(y), n)]
-    return wav_windows(wav, cfg, size, win['seconds'], win['hop']) if win else [wav2image(wav, cfg, size)]
+    return [wav2image(wav, cfg, size)]
 
 def _predict(model, wavs:list, bs:int=16, tta:int=0)->tuple:
     "(probabilities (len(wavs), n_classes), NaN for a recording that failed; {index: the `AudioError`} of those)"
@@ -345,7 +322,7 @@ def predict_probs(
     bs:int=16,      # images per batch
     tta:int=0,      # extra time-shifted passes per image (test-time augmentation, see `tta_shifts`)
 )->torch.Tensor:    # class probabilities, shape (len(wavs), n_classes), classes in `model.vocab` order
-    """Class probabilities of whole recordings: the mean over a recording's windows (if the model uses windows) and TTA
+    """Class probabilities of whole recordings: the mean over a recording's clips (a model trained on audio) and TTA
     passes. Raises `AudioError` naming every recording that cannot be read or used, `NonFiniteError` if the model gives NaN."""
     wavs = list(wavs)
     probs,errs = _predict(model, wavs, bs, tta)

@@ -162,8 +162,6 @@ OPTION_RULES = dict(
     limit=(int, 2, None, False, False, 'number of recordings'),
     workers=(int, 0, 256, False, False, 'worker processes'),
     num_it=(int, 1, 10000, False, False, 'lr_find iterations'),
-    window=(float, MIN_SECONDS, 60, False, False, 'window duration, s'),
-    window_hop=(float, 0.1, 60, False, False, 'seconds between window starts'),
     duration=(float, MIN_SECONDS, 60, False, False, 'seconds of audio per example'),
     k=(int, 2, 100, False, False, 'number of folds'),
     tta=(int, 0, 64, False, False, 'test-time augmentation passes'),
@@ -198,10 +196,6 @@ def check_options(**opts)->dict:
     """Check every option in `opts` (parameter names, as `OPTION_RULES`) and the rules between them; returns them
     checked. Raises `OptionError` naming the option, the value and the allowed range."""
     o = {k: check_option(k, v) for k,v in opts.items()}
-    if o.get('window_hop') is not None and o.get('window') is None: raise OptionError("--window-hop is given without --window: give both, or neither.")
-    if o.get('window') is not None and o.get('window_hop') is not None and not o['window']/10 <= o['window_hop'] <= o['window']:
-        raise OptionError(f"--window-hop {o['window_hop']!r} is out of range: with --window {o['window']!r} it must be in "
-                          f"[{o['window']/10:g}, {o['window']:g}] seconds (at most 10 windows per window length, no gaps).")
     if o.get('split') == 'patient' and o.get('valid_pct') is not None and o['valid_pct'] > 0.5:
         raise OptionError(f"--valid-pct {o['valid_pct']!r} is out of range: with --split patient it must be in (0, 0.5].")
     if o.get('limit') is not None and o.get('k') is not None and o['limit'] < o['k']:

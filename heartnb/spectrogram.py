@@ -6,11 +6,11 @@ Docs: https://heartnb.github.io/heartnb/spectrogram.html.md"""
 
 # %% ../nbs/01_spectrogram.ipynb #60c66343
 from __future__ import annotations
-import os, json, tempfile, warnings, hashlib, errno
+import io, os, json, tempfile, warnings, hashlib, errno
 from dataclasses import dataclass, asdict
 from functools import lru_cache
 from pathlib import Path
-import numpy as np, pandas as pd, soundfile as sf, librosa, scipy.fft, imagecodecs
+import numpy as np, pandas as pd, soundfile as sf, librosa
 from PIL import Image
 from fastcore.parallel import parallel
 from .data import HeartnbError, DatasetError, read_list
@@ -18,10 +18,9 @@ from .safety import writes, disk_full, with_hints, MIN_SECONDS, MAX_SECONDS
 
 # %% auto #0
 __all__ = ['PRESETS', 'MIN_SR', 'MAX_SR', 'MAX_CHANNELS', 'MAX_SAMPLES', 'MIN_RMS', 'CACHE', 'SpecConfig', 'spec_config',
-           'AudioError', 'UnusableRecording', 'load_audio', 'mel_basis', 'stft', 'melspec_db', 'spec_image',
-           'wav2image', 'ConversionError', 'atomic_write', 'png_bytes', 'save_png', 'png_name', 'png_names',
-           'bad_files_message', 'check_recordings', 'spectrogram_images', 'load_manifest', 'window_frames',
-           'window_starts', 'window_image', 'wav_windows']
+           'AudioError', 'UnusableRecording', 'load_audio', 'mel_basis', 'melspec_db', 'spec_image', 'wav2image',
+           'ConversionError', 'atomic_write', 'png_bytes', 'save_png', 'png_name', 'png_names', 'bad_files_message',
+           'check_recordings', 'spectrogram_images', 'load_manifest']
 
 # %% ../nbs/01_spectrogram.ipynb #05899e81
 @dataclass(frozen=True)
@@ -129,22 +128,6 @@ def mel_basis(sr:int, n_fft:int, n_mels:int, fmin:float, fmax:float)->np.ndarray
         m = librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax)
     return np.nan_to_num(m, nan=0., posinf=0., neginf=0.)
 
-@lru_cache(maxsize=16)
-def _hann(n_fft:int)->np.ndarray: return librosa.filters.get_window('hann', n_fft, fftbins=True)
-
-def stft(
-    y:np.ndarray,     # mono waveform, shape (n_samples,), float32
-    n_fft:int=256,    # FFT window, samples
-    hop_length:int=32,# hop between frames, samples
-)->np.ndarray:        # complex64, shape (1 + n_fft//2, 1 + n_samples//hop_length), Fortran order as librosa's
-    """Centred short-time Fourier transform with a Hann window: the same numbers as `librosa.stft(y, n_fft=n_fft,
-    hop_length=hop_length, center=True)` (zero padding of n_fft//2 each side, float64 window and FFT, complex64
-    result), bit for bit, in one batched `scipy.fft.rfft` over a strided view of the frames: about 2.5x faster
-    than librosa's general version for the short windows used here (librosa's checks and block loop dominate)."""
-    yp = np.pad(y, n_fft//2)
-    frames = np.lib.stride_tricks.sliding_window_view(yp, n_fft)[::hop_length]
-    return scipy.fft.rfft(frames*_hann(n_fft), axis=-1).astype(np.complex64).T
-
 def melspec_db(
     y:np.ndarray,                # mono waveform, shape (n_samples,), finite; at sample rate `cfg.sr`
     cfg:SpecConfig=SpecConfig(), # spectrogram settings
@@ -162,7 +145,7 @@ def melspec_db(
     y = y.astype(np.float32, copy=False)
     n = len(y)
     y = np.pad(y, (0, max(cfg.n_fft, n+1) - n))  # zeros, as the centred frames' own padding: frames up to sample n exist for any n_fft
-    S = np.abs(stft(y, cfg.n_fft, cfg.hop_length))**2
+    S = np.abs(librosa.stft(y, n_fft=cfg.n_fft, hop_length=cfg.hop_length, center=True, pad_mode='constant'))**2
     S = mel_basis(cfg.sr, cfg.n_fft, cfg.n_mels, cfg.fmin, cfg.fmax) @ S
     S = S[:, :1 + n//cfg.hop_length]
     if S.max() <= _AMIN: return np.full(S.shape, -cfg.top_db, dtype=np.float32)
@@ -235,14 +218,14 @@ def _png_level(level)->int:
 
 def png_bytes(
     img:np.ndarray, # uint8, shape (height, width)
-    level:int=1,    # zlib level, 0-9: 0 stores the filtered rows uncompressed (fastest; about 4x the bytes of 1)
+    level:int=1,    # zlib level, 0-9: 0 stores the rows uncompressed (fastest; about 4x the bytes of 1)
 )->bytes:           # an 8-bit grayscale PNG file
-    """`img` as the bytes of an 8-bit grayscale PNG: libpng through imagecodecs, every row with the PNG *Up* filter
-    (filter type 2 of the PNG specification: each byte minus the one above it), then zlib at `level`. Raises
-    `ValueError` for anything but a 2-D uint8 array, or a level outside 0-9."""
+    "`img` as the bytes of an 8-bit grayscale PNG (Pillow, zlib at `level`). Raises `ValueError` for anything but a 2-D uint8 array, or a level outside 0-9."
     img = np.asarray(img)
     if img.ndim != 2 or img.dtype != np.uint8: raise ValueError(f"expected a 2-D uint8 image, got shape {img.shape} and dtype {img.dtype}")
-    return bytes(imagecodecs.png_encode(np.ascontiguousarray(img), level=_png_level(level), filter=imagecodecs.PNG.FILTER.UP))
+    b = io.BytesIO()
+    Image.fromarray(img).save(b, format='PNG', compress_level=_png_level(level))
+    return b.getvalue()
 
 def save_png(img:np.ndarray, fn, level:int=1)->Path:
     "Save the uint8 image `img` (shape (height, width)) to `fn` as a grayscale PNG (`png_bytes` at zlib `level`), atomically (temporary file, then rename). Returns `fn`."
@@ -408,49 +391,3 @@ def load_manifest(
     man = read_list(out/'manifest.csv', dtype={'patient':str, 'label':str, 'sublabel':str})
     man['png'] = [str(out/p) for p in man.png]
     return man
-
-# %% ../nbs/01_spectrogram.ipynb #48928526
-def window_frames(
-    seconds:float,   # duration, s
-    cfg='heart',     # a `SpecConfig` or preset name (for `sr` and `hop_length`)
-)->int:              # number of spectrogram frames, at least 1
-    "Spectrogram frames spanning `seconds` at the hop length of `cfg`."
-    cfg = spec_config(cfg)
-    return max(1, int(round(seconds*cfg.sr/cfg.hop_length)))
-
-def window_starts(
-    n_frames:int,    # frames of the recording's spectrogram
-    win:int,         # frames per window
-    hop:int,         # frames between window starts
-)->list:             # start frame of each window
-    "Where the windows start: every `hop` frames, the last one moved back to end at the last frame; `[0]` for a recording no longer than one window."
-    if win < 1 or hop < 1: raise ValueError(f"window ({win}) and hop ({hop}) must be at least one frame")
-    if n_frames <= win: return [0]
-    starts = list(range(0, n_frames-win+1, hop))
-    if starts[-1] != n_frames-win: starts.append(n_frames-win)
-    return starts
-
-def window_image(
-    img:np.ndarray,  # native-resolution spectrogram image, uint8, shape (n_mels, n_frames), from `spec_image(..., size=None)`
-    start:int,       # first frame of the window
-    win:int,         # frames per window
-    size:int=512,    # side of the square output image, pixels
-)->np.ndarray:       # uint8, shape (size, size)
-    "The `size×size` image of frames `[start, start+win)`, padded on the right with 0 (the -top_db floor) if the recording ends first."
-    x = np.asarray(img)[:, start:start+win]
-    if x.shape[1] < win: x = np.pad(x, ((0,0), (0, win-x.shape[1])))
-    return np.asarray(Image.fromarray(np.ascontiguousarray(x)).resize((size, size), Image.BILINEAR))
-
-def wav_windows(
-    path,                 # a WAV file
-    cfg='heart',          # a `SpecConfig` or preset name
-    size:int=512,         # side of each window image, pixels
-    window:float=3.,      # window duration, s
-    window_hop:float=1.5, # time between window starts, s
-)->list:                  # uint8 images, each (size, size), in time order
-    "The window images of a recording: `load_audio` → `melspec_db` → native image → `window_image` at each `window_starts`. Raises `AudioError`."
-    cfg = spec_config(cfg)
-    y,_ = load_audio(path, cfg.sr)
-    native = spec_image(melspec_db(y, cfg), cfg.top_db, None)
-    win = window_frames(window, cfg)
-    return [window_image(native, s, win, size) for s in window_starts(native.shape[1], win, window_frames(window_hop, cfg))]

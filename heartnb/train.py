@@ -6,13 +6,15 @@ Docs: https://heartnb.github.io/heartnb/train.html.md"""
 
 # %% ../nbs/03_train.ipynb #38359619
 from __future__ import annotations
-import json, time, random
+import json, os, time, tempfile
 from pathlib import Path
 import numpy as np, pandas as pd, torch
 import matplotlib.pyplot as plt
 from fastcore.basics import store_attr
-from fastai.vision.all import (vision_learner, error_rate, accuracy, Learner, valley,
-                               Callback, Recorder, save_model, load_model, CrossEntropyLossFlat, TerminateOnNaNCallback)
+from fastcore.foundation import L
+from fastai.vision.all import (vision_learner, accuracy, BalancedAccuracy, F1Score, Learner, valley, Callback,
+                               SaveModelCallback, CSVLogger, CrossEntropyLossFlat, get_random_states, set_random_states,
+                               TerminateOnNaNCallback)
 from .data import HeartnbError
 from .spectrogram import atomic_write
 from .safety import with_hints
@@ -20,7 +22,8 @@ from .backbones import (get_arch, imagenet_weights, pretrained_kwargs, load_body
                                set_normalize, WeightsUnavailableError)
 
 # %% auto #0
-__all__ = ['class_loss_weights', 'StopOnNonFinite', 'heart_learner', 'find_lr', 'TrainState', 'EpochCheckpoint', 'train_heart']
+__all__ = ['class_loss_weights', 'StopOnNonFinite', 'heart_learner', 'find_lr', 'RandomStates', 'restore_checkpoint',
+           'train_heart']
 
 # %% ../nbs/03_train.ipynb #21a55bc9
 def class_loss_weights(
@@ -48,9 +51,9 @@ def heart_learner(
     arch='resnet34',        # torchvision function or name, or timm name (`get_arch`)
     pretrained:bool=True,   # start from ImageNet weights (`imagenet_weights`)?
     weights=None,           # start the body from these instead: a heartnb model (run folder, model.safetensors) or a torchvision .pth
-    metrics=(error_rate, accuracy), # fastai metrics shown each epoch
+    metrics=None,           # fastai metrics shown each epoch (default: accuracy, balanced accuracy, macro-F1)
     balance:str=None,       # 'weights': class-weighted cross-entropy (`class_loss_weights`); anything else: plain
-    n_in:int=3,             # input channels: 3 for RGB images; 1 adapts the first convolution (fastai's `n_in`, see `audio_learner`)
+    n_in:int=3,             # input channels: 3 for RGB images; 1 adapts the first convolution (fastai's `n_in`)
     fp16:bool=None,         # mixed precision (fastai's `to_fp16`: float16 autocast and loss scaling); None: on a CUDA GPU only
     **kwargs,               # passed to `vision_learner`
 )->Learner:
@@ -59,6 +62,7 @@ def heart_learner(
     weights that do not fit."""
     f = get_arch(arch)
     if balance == 'weights': kwargs['loss_func'] = CrossEntropyLossFlat(weight=class_loss_weights(dls).to(dls.device))
+    if metrics is None: metrics = [accuracy, BalancedAccuracy(), F1Score(average='macro')]
     kw = dict(metrics=list(metrics), n_in=n_in, normalize=False, **kwargs)
     if weights is not None:
         learn = vision_learner(dls, f, pretrained=False, **kw)
@@ -84,86 +88,59 @@ def find_lr(learn:Learner, fname=None, num_it:int=100)->float:
         plt.close('all')
     return float(sug.valley)
 
-class TrainState:
-    """What a training run has done so far (learning rates, epochs finished per stage, history, seconds), kept in
-    `folder/state.json` with a weights + optimizer checkpoint per finished epoch, so a killed run can resume."""
-    def __init__(self,
-        folder=None,       # checkpoint folder; None keeps the state in memory only (nothing written)
-        resume:bool=False, # load the state a previous run left in `folder`
-    ):
-        self.folder = Path(folder) if folder else None
-        self.d = dict(lrs={}, done={}, history=[], times={}, checkpoint=None, rng=None)
-        if not self.folder: return
-        self.folder.mkdir(parents=True, exist_ok=True)
-        for stale in self.folder.glob('.*.tmp'): stale.unlink()    # left by a kill during a write
-        fn = self.folder/'state.json'
-        if resume and fn.exists():
-            try: self.d.update(json.loads(fn.read_text()))
-            except ValueError as e: raise HeartnbError(f"{fn} is not valid JSON ({e}): delete {self.folder} and train again without --resume.") from None
-        elif not resume:
-            for old in self.folder.glob('*.pth'): old.unlink()
-
-    def done(self, stage)->int: return self.d['done'].get(stage, 0)
-
-    def write(self):
-        if self.folder: atomic_write(self.folder/'state.json', lambda t: Path(t).write_text(json.dumps(self.d)))
-
-    def end_epoch(self, learn:Learner, stage:str, epoch:int):
-        "Record `epoch` (0-based) of `stage` as finished: history row, checkpoint, random-number states, then `state.json`."
-        self.d['history'].append(dict(zip(learn.recorder.metric_names[1:-1], map(float, learn.recorder.values[-1])),
-                                      stage=stage, epoch=epoch))
-        self.d['done'][stage] = epoch+1
-        if not self.folder: return
-        old,ck = self.d['checkpoint'],f'{stage}-{epoch+1}.pth'
-        atomic_write(self.folder/ck, lambda t: save_model(t, learn.model, learn.opt, with_opt=True))
-        sl,scaler = learn.recorder.smooth_loss,getattr(learn, 'scaler', None)   # (the loss scaler of mixed precision, on a GPU)
-        self.d.update(checkpoint=ck, rng=_rng_state(learn), smooth_loss=[float(sl.val), int(sl.count)],
-                      scaler=scaler.state_dict() if scaler is not None else None)
-        self.write()                                   # state.json names the new file only once it is complete
-        if old and old != ck: (self.folder/old).unlink(missing_ok=True)
-
-    def restore(self, learn:Learner)->Learner:
-        "Load the last checkpoint's weights, optimizer state and random-number states into `learn`, if there is one."
-        ck = self.d['checkpoint']
-        if not ck: return learn
-        fn = self.folder/ck
-        if not fn.exists(): raise HeartnbError(f"{fn} (named in {self.folder/'state.json'}) is missing: delete {self.folder} and train again without --resume.")
-        if ck.startswith('unfrozen'): learn.unfreeze()
-        else: learn.freeze()
-        try:
-            load_model(fn, learn.model, learn.opt, with_opt=True, device=learn.dls.device)
-            _set_rng_state(learn, self.d['rng'])
-        except Exception as e:
-            raise HeartnbError(f"{fn} (the checkpoint to resume from) is damaged ({type(e).__name__}: {str(e)[:200]}): "
-                               f"delete {self.folder} and train again without --resume.") from None
-        return learn
-
-def _rng_state(learn):
-    "Every random-number state training draws on (Python, NumPy, torch, each DataLoader's shuffle), as JSON"
-    np_st = np.random.get_state()
-    return dict(python=random.getstate(), numpy=[np_st[0], np_st[1].tolist(), *np_st[2:]],
-                torch=torch.get_rng_state().tolist(), dls=[dl.rng.getstate() for dl in learn.dls.loaders])
-
-def _set_rng_state(learn, st):
-    def tup(x): return tuple(tup(o) for o in x) if isinstance(x, list) else x
-    random.setstate(tup(st['python']))
-    np.random.set_state((st['numpy'][0], np.array(st['numpy'][1], dtype=np.uint32), *st['numpy'][2:]))
-    torch.set_rng_state(torch.tensor(st['torch'], dtype=torch.uint8))
-    for dl,s in zip(learn.dls.loaders, st['dls']): dl.rng.setstate(tup(s))
-
-class EpochCheckpoint(Callback):
-    "Hand each finished epoch of `stage` to `TrainState.end_epoch` (epochs fastai skips on resume are not finished)."
-    order = Recorder.order+1
-    def __init__(self, state:TrainState, stage:str, start_epoch:int=0): store_attr()
+class RandomStates(Callback):
+    """Beside the checkpoint fastai's `SaveModelCallback(every_epoch=True, with_opt=True)` writes after each epoch
+    (`{stage}_{epoch}.pth`: weights and optimizer), save the rest of what a resumed run needs to repeat the
+    uninterrupted one in `state.pt`: every random state (fastai's `get_random_states`: Python, NumPy, torch and
+    CUDA), each DataLoader's shuffle state, the running training loss and the mixed-precision loss scale. `state.pt`
+    is written last and renamed into place, so it names only a complete checkpoint; older checkpoints are deleted."""
+    order = SaveModelCallback.order+1
+    def __init__(self, folder, stage:str, start_epoch:int=0, restored:dict=None): store_attr()
     def before_epoch(self):
-        sl = self.state.d.get('smooth_loss')
-        if self.epoch == self.start_epoch > 0 and sl:   # carry on the running average of the training loss
-            self.learn.recorder.smooth_loss.val,self.learn.recorder.smooth_loss.count = torch.tensor(sl[0]),sl[1]
-        sc = self.state.d.get('scaler')
-        if self.epoch == self.start_epoch > 0 and sc and getattr(self.learn, 'scaler', None) is not None:
-            self.learn.scaler.load_state_dict(sc)       # mixed precision: the loss scale the run had reached, not a fresh one
+        st = self.restored
+        if self.epoch == self.start_epoch > 0 and st:     # carry on the running loss and the loss scale of the run
+            sl = self.learn.recorder.smooth_loss
+            sl.val,sl.count = torch.tensor(st['smooth_loss'][0]),st['smooth_loss'][1]
+            if st.get('scaler') and getattr(self.learn, 'scaler', None) is not None: self.learn.scaler.load_state_dict(st['scaler'])
     def after_epoch(self):
-        if self.epoch >= self.start_epoch: self.state.end_epoch(self.learn, self.stage, self.epoch)
+        if self.epoch < self.start_epoch: return          # skipped by fastai's `start_epoch`: not trained now
+        sl,scaler = self.learn.recorder.smooth_loss,getattr(self.learn, 'scaler', None)
+        st = dict(stage=self.stage, epoch=self.epoch, random=get_random_states(), dls=[dl.rng.getstate() for dl in self.dls.loaders],
+                  smooth_loss=[float(sl.val), int(sl.count)], scaler=scaler.state_dict() if scaler is not None else None)
+        atomic_write(self.folder/'state.pt', lambda t: torch.save(st, t))
+        for old in self.folder.glob('*.pth'):
+            if old.stem != f'{self.stage}_{self.epoch}': old.unlink()
+
+def restore_checkpoint(
+    learn:Learner, # the learner of the interrupted run, rebuilt with the same settings
+    folder,        # its checkpoint folder
+)->dict:           # the saved state: `stage`, `epoch` (0-based, the last finished one) ...; {} if there is none
+    "Load the last checkpoint (weights, optimizer) and random states into `learn`. Raises `HeartnbError` for a damaged folder."
+    folder = Path(folder)
+    if not (folder/'state.pt').exists(): return {}
+    try:
+        st = torch.load(folder/'state.pt', weights_only=False)   # our own file, written by `RandomStates`
+        fn = folder/f"{st['stage']}_{st['epoch']}.pth"
+    except Exception as e: raise HeartnbError(f"{folder/'state.pt'} is damaged ({type(e).__name__}: {str(e)[:200]}): delete {folder} and train again without --resume.") from None
+    if not fn.exists(): raise HeartnbError(f"{fn} (named in {folder/'state.pt'}) is missing: delete {folder} and train again without --resume.")
+    if st['stage'] == 'unfrozen': learn.unfreeze()
+    else: learn.freeze()                                       # (both clear the optimizer state: load it after)
+    try:
+        learn.load(fn.with_suffix(''), with_opt=True)
+        set_random_states(**st['random'])
+        for dl,s in zip(learn.dls.loaders, st['dls']): dl.rng.setstate(s)
+    except Exception as e:
+        raise HeartnbError(f"{fn} (the checkpoint to resume from) is damaged ({type(e).__name__}: {str(e)[:200]}): "
+                           f"delete {folder} and train again without --resume.") from None
+    return st
+
+def _history(folder:Path, stage:str)->pd.DataFrame:
+    "`CSVLogger`'s rows of `stage`, each epoch once (a resumed fit repeats the header, and logs the epochs it skips after the real ones)"
+    fn = folder/f'history_{stage}.csv'
+    if not fn.exists(): return pd.DataFrame()
+    h = pd.read_csv(fn, dtype=str)
+    h = h[h.epoch != 'epoch'].drop_duplicates('epoch', keep='first').drop(columns='time', errors='ignore')
+    return h.apply(pd.to_numeric, errors='coerce').assign(stage=stage)
 
 def train_heart(
     learn:Learner,          # from `heart_learner`
@@ -173,33 +150,50 @@ def train_heart(
     lr_mult:float=100,      # the first layers' rate is the top rate / `lr_mult` (discriminative LRs)
     out=None,               # folder for `lr_find.png` and `lr_find_unfrozen.png` (none saved if None)
     num_it:int=100,         # lr_find iterations
-    checkpoints=None,       # folder for a checkpoint after every epoch and `state.json` (None: no checkpoints)
-    resume:bool=False,      # continue the run whose state is in `checkpoints` instead of starting over
-)->dict:                    # lrs, seconds per stage, history DataFrame, `resumed` (epochs per stage found done)
-    """Transfer-learning recipe: lr_find → frozen one-cycle → unfreeze → lr_find → one-cycle with `slice(lr/lr_mult, lr)`.
-    With `checkpoints`, every finished epoch is saved; `resume=True` restores the last one and goes on from the next
-    epoch of the same one-cycle schedule (fastai's `start_epoch`), with the learning rates already found. Raises
-    `HeartnbError` if the checkpoint folder is damaged."""
+    checkpoints=None,       # folder for a checkpoint after every epoch (None: no checkpoints)
+    resume:bool=False,      # continue the run whose checkpoints are in `checkpoints` instead of starting over
+    cbs=None,               # extra callbacks for the fits
+)->dict:                    # lrs, seconds per stage, history DataFrame (`CSVLogger`'s), `resumed` (epochs per stage found done)
+    """Transfer-learning recipe: lr_find → frozen one-cycle → unfreeze → lr_find → one-cycle with `slice(lr/lr_mult, lr)`,
+    accuracy, balanced accuracy and macro-F1 shown each epoch. With `checkpoints`, fastai's `SaveModelCallback` saves
+    every epoch with the optimizer, `CSVLogger` the history, `RandomStates` the random states; `resume=True` restores
+    the last checkpoint and goes on from the next epoch of the same one-cycle schedule (fastai's `start_epoch`), with
+    the learning rates already found. Raises `HeartnbError` if the checkpoint folder is damaged."""
     out = Path(out) if out else None
     if out: out.mkdir(parents=True, exist_ok=True)
-    st = TrainState(checkpoints, resume)
-    resumed = dict(st.d['done'])
+    tmp = None if checkpoints else tempfile.TemporaryDirectory()      # the history's CSV files, without checkpoints
+    ck = Path(checkpoints or tmp.name).absolute()
+    if not resume and ck.exists():
+        for f in [*ck.glob('*.pth'), *ck.glob('*.csv'), *ck.glob('state.*'), *ck.glob('run.json')]: f.unlink()
+    ck.mkdir(parents=True, exist_ok=True)
+    try: run = json.loads((ck/'run.json').read_text()) if resume and (ck/'run.json').exists() else dict(lrs={}, times={})
+    except ValueError as e: raise HeartnbError(f"{ck/'run.json'} is not valid JSON ({e}): delete {ck} and train again without --resume.") from None
+    def save_run(): atomic_write(ck/'run.json', lambda t: Path(t).write_text(json.dumps(run)))
     learn.freeze()  # as fastai's `fine_tune`: the body is frozen even when it starts from random weights
-    st.restore(learn)
-    for stage,n,plot in (('frozen',freeze_epochs,'lr_find.png'), ('unfrozen',epochs,'lr_find_unfrozen.png')):
-        start = st.done(stage)
-        if not n or start >= n: continue
-        if stage=='unfrozen' and start==0: learn.unfreeze()  # (`freeze`/`unfreeze` clear the optimizer state a resume restored)
-        t = time.time()
-        if stage not in st.d['lrs']:
-            top = (lr if stage=='frozen' else lr/2) if lr else find_lr(learn, out/plot if out else None, num_it)
-            st.d['lrs'][stage] = top if stage=='frozen' else [top/lr_mult, top]
-            st.d['times'][f'lr_find{"_unfrozen" if stage=="unfrozen" else ""}'] = time.time()-t
-            st.write()
-        t = time.time()
-        lrs = st.d['lrs'][stage]
-        learn.fit_one_cycle(n, lrs if stage=='frozen' else slice(*lrs), start_epoch=start,
-                            cbs=EpochCheckpoint(st, stage, start))
-        st.d['times'][f'fit_{stage}'] = st.d['times'].get(f'fit_{stage}', 0) + time.time()-t
-        st.write()
-    return dict(lrs=st.d['lrs'], times=st.d['times'], history=pd.DataFrame(st.d['history']), resumed=resumed)
+    st = restore_checkpoint(learn, ck) if resume else {}
+    done = dict(frozen=freeze_epochs, unfrozen=st['epoch']+1) if st.get('stage') == 'unfrozen' else dict(frozen=st['epoch']+1 if st else 0, unfrozen=0)
+    resumed = {k: v for k,v in done.items() if v} if st else {}
+    model_dir,learn.model_dir = learn.model_dir,ck
+    try:
+        for stage,n,plot in (('frozen',freeze_epochs,'lr_find.png'), ('unfrozen',epochs,'lr_find_unfrozen.png')):
+            start = done[stage]
+            if not n or start >= n: continue
+            if stage=='unfrozen' and start==0: learn.unfreeze()
+            t = time.time()
+            if stage not in run['lrs']:
+                top = (lr if stage=='frozen' else lr/2) if lr else find_lr(learn, out/plot if out else None, num_it)
+                run['lrs'][stage] = top if stage=='frozen' else [top/lr_mult, top]
+                run['times'][f'lr_find{"_unfrozen" if stage=="unfrozen" else ""}'] = time.time()-t
+                save_run()
+            t,lrs = time.time(),run['lrs'][stage]
+            fcbs = [CSVLogger(ck/f'history_{stage}.csv', append=True), *L(cbs)]
+            if checkpoints: fcbs += [SaveModelCallback(every_epoch=True, with_opt=True, fname=stage),
+                                     RandomStates(ck, stage, start, st if st.get('stage') == stage else None)]
+            learn.fit_one_cycle(n, lrs if stage=='frozen' else slice(*lrs), start_epoch=start, cbs=fcbs)
+            run['times'][f'fit_{stage}'] = run['times'].get(f'fit_{stage}', 0) + time.time()-t
+            save_run()
+        hist = pd.concat([_history(ck, s) for s in ('frozen', 'unfrozen')], ignore_index=True)
+    finally:
+        learn.model_dir = model_dir
+        if tmp: tmp.cleanup()
+    return dict(lrs=run['lrs'], times=run['times'], history=hist, resumed=resumed)

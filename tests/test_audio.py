@@ -20,6 +20,19 @@ def test_cv_audio_matches_png_folds(synth, tmp_path):
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)['n_recordings'] == 20
 
+def test_png_and_audio_spectrograms_agree(synth):
+    "The two mel-spectrogram implementations, one per path: `melspec_db` (librosa, PNG path) and `MelSpecDB` (torch, audio path)"
+    from heartnb.spectrogram import melspec_db, spec_image
+    from heartnb.audio.core import MelSpecDB, MelSpecImage
+    m = MelSpecDB('heart')
+    for p in index_dataset(synth).groupby('label').head(2).path:
+        y,_ = load_audio(p, m.cfg.sr)
+        a,b = melspec_db(y, m.cfg),m(torch.from_numpy(y))[0,0].numpy()
+        assert a.shape == b.shape
+        d = np.abs(a-b); assert d.mean() < 1e-3 and d.max() < 0.05, (p, d.mean(), d.max())
+        img = spec_image(a, m.cfg.top_db, None)/255                          # the PNG's pixels, and the audio path's image
+        assert np.abs(img - MelSpecImage('heart')(torch.from_numpy(y))[0,0].numpy()).max() <= 1/255 + 1e-6
+
 @real
 def test_torch_melspec_matches_librosa_on_real_recordings():
     "MelSpecDB (torch) vs librosa's melspectrogram + power_to_db on 3 recordings per class of set_b and set_a: mean < 1e-3 dB, max < 0.01 dB"

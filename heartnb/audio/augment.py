@@ -1,4 +1,4 @@
-"""Training-only augmentations as fastai transforms: tempo and pitch changes (audiomentations), gain and additive noise at a given SNR on the waveform; time shift and SpecAugment frequency and time masks on the spectrogram.
+"""Training-only augmentations as fastai transforms: tempo and pitch changes (audiomentations), additive noise at a given SNR on the waveform; time shift and SpecAugment frequency and time masks on the spectrogram.
 
 Docs: https://heartnb.github.io/heartnb/audio_augment.html.md"""
 
@@ -12,7 +12,7 @@ from fastai.vision.all import RandTransform, TensorImage
 from .core import AudioTensor
 
 # %% auto #0
-__all__ = ['ItemAug', 'Stretch', 'PitchShift', 'BatchAug', 'Gain', 'AddNoise', 'TimeShift', 'FreqMask', 'TimeMask', 'audio_augs']
+__all__ = ['ItemAug', 'Stretch', 'PitchShift', 'BatchAug', 'AddNoise', 'TimeShift', 'FreqMask', 'TimeMask', 'audio_augs']
 
 # %% ../../nbs/09_audio_augment.ipynb #306c555c
 class ItemAug(RandTransform):
@@ -53,15 +53,6 @@ class BatchAug(RandTransform):
     def uniform(self, x:torch.Tensor, lo:float, hi:float)->torch.Tensor:
         "A random amount per example, shape (batch,), uniform in [lo, hi]"
         return lo + (hi-lo)*torch.rand(x.shape[0], device=x.device)
-
-class Gain(BatchAug):
-    """Multiply each waveform by a random gain in [`min_db`, `max_db`] dB (amplitude factor 10^(g/20)). It changes
-    nothing after heartnb's peak-referenced `MelSpecDB` (even with `AddNoise`); use it with a fixed reference (`ref=`)."""
-    order = 5
-    def __init__(self, min_db:float=-6., max_db:float=6., p:float=0.5): super().__init__(p); store_attr('min_db,max_db')
-    def encodes(self, x:AudioTensor)->AudioTensor:
-        g = torch.where(self.which(x), self.uniform(x, self.min_db, self.max_db), 0.)
-        return x * 10**(g/20)[:, None]
 
 class AddNoise(BatchAug):
     """Add white Gaussian noise at a random signal-to-noise ratio in [`min_snr`, `max_snr`] dB: noise power = the
@@ -115,7 +106,6 @@ class TimeMask(_Mask):
 def audio_augs(
     stretch:float=0.1,     # tempo change ±, as a fraction (0: off)
     pitch:float=1.,        # pitch shift ±, semitones (0: off)
-    gain_db:float=0.,      # gain ±, dB (0: off; it changes nothing with peak-referenced spectrograms, see above)
     snr:tuple=(10., 30.),  # SNR range of the added noise, dB (None: off)
     shift:float=0.3,       # time shift ±, fraction of the width (0: off)
     freq_mask:float=0.15,  # widest frequency mask, fraction of the mel bands (0: off)
@@ -124,7 +114,7 @@ def audio_augs(
 )->tuple:                  # (item_tfms, batch_tfms) for `audio_dls(augment=...)`
     "heartnb's training augmentations for the audio path (`--augment`); the amounts are conservative guesses for PCG, not tuned values."
     it = [*([Stretch(1-stretch, 1+stretch, p)] if stretch else []), *([PitchShift(pitch, p)] if pitch else [])]
-    bt = [*([Gain(-gain_db, gain_db, p)] if gain_db else []), *([AddNoise(*snr, p)] if snr else []),
+    bt = [*([AddNoise(*snr, p)] if snr else []),
           *([TimeShift(shift, p=p)] if shift else []), *([FreqMask(freq_mask, p=p)] if freq_mask else []),
           *([TimeMask(time_mask, p=p)] if time_mask else [])]
     return it, bt

@@ -7,18 +7,19 @@ Docs: https://heartnb.github.io/heartnb/audio_core.html.md"""
 # %% ../../nbs/08_audio_core.ipynb #4908dea7
 from __future__ import annotations
 import random
+from pathlib import Path
 from functools import partial
 import numpy as np, pandas as pd, torch, torch.nn.functional as F
 import matplotlib.pyplot as plt
 from fastai.vision.all import (TensorBase, TensorImage, RandTransform, Transform, TransformBlock, DataBlock, CategoryBlock,
                                ColReader, ColSplitter, DataLoaders, Normalize, imagenet_stats)
 from fastcore.foundation import L
-from ..spectrogram import spec_config, mel_basis, load_audio, window_starts
+from ..spectrogram import spec_config, mel_basis, load_audio
 from ..dataloaders import heart_splitter, check_balance, dblock_dls
 
 # %% auto #0
 __all__ = ['GREY_STATS', 'AudioTensor', 'crop_pad', 'CropPad', 'AudioBlock', 'MelSpecDB', 'MelSpecImage', 'AudioToSpec',
-           'audio_stats', 'clip_starts', 'clip_items', 'audio_dblock', 'audio_dls', 'audio_learner']
+           'audio_stats', 'clip_starts', 'clip_items', 'clip_or_file', 'audio_dblock', 'audio_dls']
 
 # %% ../../nbs/08_audio_core.ipynb #b6c53a44
 class AudioTensor(TensorBase):
@@ -86,13 +87,12 @@ def AudioBlock(
 class MelSpecDB(torch.nn.Module):
     """Batch mel spectrogram in dB, as `melspec_db` computes it with librosa: waveforms (batch, n_samples) or
     (n_samples,) at `cfg.sr` → float32 (batch, 1, n_mels, 1 + n_samples//hop_length), values in [-top_db, 0], each
-    example relative to its own peak (a silent example is -top_db everywhere), or with `ref` given, relative to that
-    fixed mel power for every example, which keeps differences in loudness (values above `ref` clip at 0 dB). Runs
+    example relative to its own peak (a silent example is -top_db everywhere), as the PNG path's images. Runs
     on the device of its input (move the module with `.to(device)`). Raises `ValueError` for a waveform shorter than
     `n_fft`."""
-    def __init__(self, cfg='heart', ref:float=None):
+    def __init__(self, cfg='heart'):
         super().__init__()
-        self.cfg,self.ref = spec_config(cfg),ref
+        self.cfg = spec_config(cfg)
         c = self.cfg
         self.register_buffer('window', torch.hann_window(c.n_fft, periodic=True, dtype=torch.float32), persistent=False)
         self.register_buffer('mel', torch.from_numpy(mel_basis(c.sr, c.n_fft, c.n_mels, c.fmin, c.fmax)).float(), persistent=False)
@@ -106,8 +106,8 @@ class MelSpecDB(torch.nn.Module):
         X = torch.stft(y, c.n_fft, c.hop_length, window=self.window, center=True, pad_mode='constant', return_complex=True)
         S = self.mel @ X.abs().pow(2)                                     # (batch, n_mels, frames)
         db = 10*torch.log10(S.clamp_min(1e-10))
-        peak = S.amax(dim=(-2,-1), keepdim=True) if self.ref is None else torch.full_like(S[..., :1, :1], self.ref)
-        db = db - 10*torch.log10(peak.clamp_min(1e-10))                    # ref = each example's peak (or `ref`)
+        peak = S.amax(dim=(-2,-1), keepdim=True)
+        db = db - 10*torch.log10(peak.clamp_min(1e-10))                    # ref = each example's peak
         db = torch.where(peak <= 1e-10, -c.top_db, db)                     # silence: the floor everywhere
         return db.clamp_min(-c.top_db)[:, None]
 
@@ -116,12 +116,12 @@ class MelSpecImage(torch.nn.Module):
     """Waveforms (batch, n_samples) at `cfg.sr` → spectrogram images (batch, channels, size, size) (or (batch,
     channels, n_mels, frames) when `size` is None), float32 in [0, 1]: `MelSpecDB` scaled as the PNG pipeline's
     pixels/255 (0 = `-top_db`, 1 = each example's peak), low frequencies in the last rows, resized bilinearly with
-    antialiasing (as PIL's resize), repeated to `channels` (1 or 3). `ref`: see `MelSpecDB`. Raises `ValueError` for
+    antialiasing (as PIL's resize), repeated to `channels` (1 or 3). Raises `ValueError` for
     other `channels`."""
-    def __init__(self, cfg='heart', size:int=None, channels:int=1, ref:float=None):
+    def __init__(self, cfg='heart', size:int=None, channels:int=1):
         super().__init__()
         if channels not in (1, 3): raise ValueError(f"channels must be 1 (first convolution adapted) or 3 (RGB repeat), not {channels}")
-        self.melspec,self.size,self.channels = MelSpecDB(cfg, ref),size,channels
+        self.melspec,self.size,self.channels = MelSpecDB(cfg),size,channels
     def forward(self, y:torch.Tensor)->torch.Tensor:
         top = self.melspec.cfg.top_db
         x = ((self.melspec(y) + top)/top).flip(-2)
@@ -145,8 +145,10 @@ def clip_starts(
     n_samples:int,  # length of the recording, samples
     n:int,          # samples per clip
 )->list:            # first sample of each clip
-    "Clips every `n//2` samples, the last one ending at the end; `[0]` for a recording no longer than one clip (`window_starts`)."
-    return window_starts(n_samples, n, max(1, n//2))
+    "Clips every `n//2` samples, the last one moved back to end with the recording; `[0]` for a recording no longer than one clip."
+    if n_samples <= n: return [0]
+    starts = list(range(0, n_samples-n+1, max(1, n//2)))
+    return starts if starts[-1] == n_samples-n else [*starts, n_samples-n]
 
 def clip_items(
     df:pd.DataFrame,       # recordings: `path`, `label`, `duration` (s, from `index_dataset`)
@@ -163,6 +165,10 @@ def clip_items(
         rows += [dict(r, start=s, is_valid=bool(v)) for s in starts]
     return pd.DataFrame(rows, columns=[*df.columns, 'start', 'is_valid'])
 
+def clip_or_file(r:object):  # (any item: `learn.predict` passes a file name, a `str` or a `Path`)
+    "`get_x` of `audio_dblock`: a clip item's (`path`, `start`), or a file name given as is (a recording to predict: its centred clip)."
+    return [str(r), -1] if isinstance(r, (str, Path)) else [r['path'], r['start']]   # (a list: fastai maps transforms over tuples)
+
 def audio_dblock(
     cfg='heart',           # spectrogram settings (`SpecConfig` or preset name); recordings are resampled to `cfg.sr`
     duration:float=5.,     # seconds of audio per example (`CropPad`)
@@ -175,7 +181,7 @@ def audio_dblock(
     "A `DataBlock` from `clip_items` (`path`, `start`, `label`, `is_valid`) to spectrogram images computed on the fly."
     cfg = spec_config(cfg)
     return DataBlock(blocks=(AudioBlock(cfg.sr, duration), CategoryBlock(vocab=vocab)),
-                     get_x=ColReader(['path', 'start']), get_y=ColReader('label'),
+                     get_x=clip_or_file, get_y=ColReader('label'),
                      splitter=ColSplitter('is_valid'),
                      item_tfms=item_tfms,
                      batch_tfms=[AudioToSpec(cfg, size, channels), *(batch_tfms or []), Normalize.from_stats(*audio_stats(channels))])
@@ -209,15 +215,3 @@ def audio_dls(
                      balance == 'oversample', **kwargs)   # weights from the training recordings' classes
     dls.heartnb_audio = dict(duration=float(duration), channels=channels, spectrogram=spec_config(cfg).to_dict(), size=size)
     return dls
-
-# %% ../../nbs/08_audio_core.ipynb #0d8d4fff
-def audio_learner(
-    dls:DataLoaders,        # from `audio_dls`
-    arch='resnet34',        # torchvision architecture
-    pretrained:bool=True,   # ImageNet weights (see `heart_learner`)
-    weights=None,           # a local torchvision checkpoint instead
-    **kwargs,               # passed to `heart_learner` (e.g. `balance`, `path`, `metrics`)
-):
-    "A `heart_learner` whose first convolution takes `dls.heartnb_audio['channels']` channels (fastai's `n_in`). Raises `WeightsUnavailableError`."
-    from heartnb.train import heart_learner
-    return heart_learner(dls, arch, pretrained, weights, n_in=dls.heartnb_audio['channels'], **kwargs)
