@@ -48,6 +48,13 @@ def _write_small(fn:Path, text:str):
     tmp = fn.with_name(f'.{fn.name}.{os.getpid()}.tmp')
     tmp.write_text(text); os.replace(tmp, fn)
 
+def _older_heartnb(out:Path, kind:str)->bool:
+    "Was `out` written by a heartnb from before the mark files? (its own description of itself, in heartnb's format)"
+    try: d = json.loads((out/('spec_config.json' if kind == 'spectrograms' else 'settings.json')).read_text())
+    except (OSError, ValueError): return False
+    need = {'sr', 'n_fft', 'n_mels', 'size'} if kind == 'spectrograms' else {'data', 'seed', 'arch', 'epochs', 'freeze_epochs'}
+    return isinstance(d, dict) and need <= set(d)
+
 def claim_folder(
     out,               # output folder: new, empty, or a heartnb folder of `kind`
     kind:str,          # 'run', 'cv', 'spectrograms'
@@ -55,7 +62,9 @@ def claim_folder(
     what:str='--out',  # how the user named the folder, for messages
 )->bool:               # True if this call created the folder
     """Make sure heartnb may write `out`, creating and marking it if needed. Raises `FolderError` (nothing written)
-    for an empty name, a file, a folder of another kind, or a non-empty folder heartnb did not make."""
+    for an empty name, a file, a folder of another kind, or a non-empty folder heartnb did not make. (A folder written
+    by a heartnb from before the mark files, recognised by its `settings.json` or `spec_config.json`, is marked and
+    accepted.)"""
     out = out_path(out, what)
     if out.exists() and not out.is_dir(): raise FolderError(f"{what} {out} is a file, not a folder: choose a folder name.")
     created = not out.exists()
@@ -64,7 +73,7 @@ def claim_folder(
         if k == kind: return False
         if k is not None: raise FolderError(f"{what} {out} is a heartnb {k} folder, not a {kind} folder: choose another folder.")
         others = sorted(p.name for p in out.iterdir() if p.name not in OWN_FILES)
-        if others and not adopt:
+        if others and not adopt and not _older_heartnb(out, kind):
             raise FolderError(f"{what} {out} already holds files that heartnb did not write ({', '.join(others[:4])}{', ...' if len(others) > 4 else ''}); "
                               f"heartnb writes only into a new or empty folder, or one it made itself ({MARK} inside), so that it never "
                               "deletes or overwrites your files. Choose a new folder.")
