@@ -197,12 +197,14 @@ def heartnb_body(
     fname,  # a run folder, its `model.safetensors` or `model.json`
 )->tuple:   # (body state dict, the model's `model.json` contents)
     "The body weights (keys of `model[0]`) and description of a safe heartnb model. Raises `HeartnbError` for a missing or unsafe file."
-    from heartnb.predict import safe_pair, _check_safetensors
+    from heartnb.predict import safe_pair, _check_safetensors, check_model_meta, check_finite
     from safetensors.torch import load_file
     fname,meta_fn = safe_pair(fname)
     _check_safetensors(fname)
-    meta = json.loads(meta_fn.read_text())
-    sd = load_file(fname)
+    try: meta = json.loads(meta_fn.read_text())
+    except ValueError as e: raise HeartnbError(f"{meta_fn} is not valid JSON ({e}).") from None
+    check_model_meta(meta if isinstance(meta, dict) else {}, meta_fn)
+    sd = check_finite(load_file(fname), fname)
     return {k[2:]: v for k,v in sd.items() if k.startswith('0.')}, meta
 
 # %% ../nbs/03a_backbones.ipynb #9fd6f0b3

@@ -14,16 +14,25 @@ from typing import Annotated
 from fastcore.meta import delegates
 from fastcore.script import call_parse, parse_cli, CliError
 from .data import HeartnbError, index_dataset, data_path
+from .safety import check_options, cli_error, OPTION_RULES
 from .jobs import train_job, cv_job
 
 # %% ../nbs/07_cli.ipynb #f42f2ca8
 def _cli(f):
-    "Turn heartnb's input errors into a clean command-line exit"
+    "Check a command's options before any work (`check_options`), and end its errors with a message, not a traceback (`cli_error`)"
+    import inspect
     from functools import wraps
+    sig = inspect.signature(f)
     @wraps(f)
     def _inner(*args, **kwargs):
-        try: return f(*args, **kwargs)
-        except HeartnbError as e: raise CliError(f"error: {e}") from None
+        given = dict(sig.bind_partial(*args, **kwargs).arguments)
+        given.update(given.pop('kwargs', None) or {})          # the options a command takes from the recipe (`@delegates`)
+        try:
+            check_options(**{k: v for k,v in given.items() if k in OPTION_RULES or k == 'split'})
+            return f(*args, **kwargs)
+        except Exception as e:
+            if (msg := cli_error(e, [*sig.parameters, *given], given.get('out'))) is None: raise
+            raise CliError(f"error: {msg}") from None
     return _inner
 
 @call_parse
@@ -66,16 +75,20 @@ def heartnb_spectrograms(
 def heartnb_predict(
     model:str,       # RUN_DIR/model.safetensors (safe, or the run folder) or RUN_DIR/model.pkl (a pickle: only files you trust)
     *wavs:str,       # WAV recordings to classify
-    json:bool=False, # print a JSON list of {"file", "label", "probabilities"}
+    json:bool=False, # print a JSON list of {"file", "label", "probabilities"} (and "error" for a recording with no label)
     tta:int=0,       # test-time augmentation: also average over N time-shifted copies of each image
+    trust_pickle:bool=False, # load a model.pkl: a pickle runs any code it holds, so only for files you made yourself
 ):
     "Classify WAV recordings with a trained model: the predicted class and the class probabilities."
     if not wavs: raise CliError("error: give at least one WAV file")
     from heartnb.predict import open_model, predict_wavs
-    res = predict_wavs(open_model(model), list(wavs), tta=tta)
-    if json: print(jsonlib.dumps(res, indent=2)); return
-    for r in res:
-        print(f"{r['file']}\t{r['label']}\t" + '  '.join(f"{c}={p:.3f}" for c,p in r['probabilities'].items()))
+    res = predict_wavs(open_model(model, trust_pickle), list(wavs), tta=tta)
+    if json: print(jsonlib.dumps(res, indent=2))
+    else:
+        for r in res:
+            print(f"{r['file']}\t" + (r['error'] if r['label'] is None else
+                                      f"{r['label']}\t" + '  '.join(f"{c}={p:.3f}" for c,p in r['probabilities'].items())))
+    if n := sum(r['label'] is None for r in res): raise HeartnbError(f"{n} of {len(res)} recording(s) got no label (see above).")
 
 # %% ../nbs/07_cli.ipynb #d2c6cbcc
 @call_parse
@@ -87,11 +100,12 @@ def heartnb_evaluate(
     tta:int=0,                 # test-time augmentation passes
     clean_only:bool=False,     # leave out set_b's noisy recordings (they are scored by default: they are labelled)
     json:bool=False,           # print the report as JSON (the form of metrics.json)
+    trust_pickle:bool=False,   # load a model.pkl: a pickle runs any code it holds, so only for files you made yourself
 ):
     "Score a trained model on every labelled recording of a dataset folder: accuracy, balanced accuracy, macro-F1, per class, confusion matrix."
     from heartnb.predict import open_model
     from heartnb.evaluate import evaluate_model, format_report
-    rep = evaluate_model(open_model(model), data, subset, tta, include_noisy=not clean_only)
+    rep = evaluate_model(open_model(model, trust_pickle), data, subset, tta, include_noisy=not clean_only)
     rep['model'] = str(model)
     if json: print(jsonlib.dumps(rep, indent=2)); return
     print(f"{model} on set_{subset} of {data_path(data)} (tta {tta})\n" + format_report(rep))

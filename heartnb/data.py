@@ -6,14 +6,14 @@ Docs: https://heartnb.github.io/heartnb/data.html.md"""
 
 # %% ../nbs/00_data.ipynb #c57e4292
 from __future__ import annotations
-import os, re
+import os, re, warnings
 import numpy as np, pandas as pd, soundfile as sf
 from pathlib import Path
 
 # %% auto #0
 __all__ = ['SUBSETS', 'NOISY_SUBLABELS', 'DATA_ENV', 'INDEX_COLS', 'PHYSIONET_LABELS', 'AUDIO_EXTS', 'DATASETS', 'HeartnbError',
-           'DatasetError', 'data_path', 'disk_name', 'patient_id', 'check_rows', 'index_pascal', 'index_physionet2016',
-           'index_folder', 'index_csv', 'index_dataset']
+           'DatasetError', 'data_path', 'disk_name', 'patient_id', 'DuplicateWarning', 'read_list', 'check_rows',
+           'index_pascal', 'index_physionet2016', 'index_folder', 'index_csv', 'index_dataset']
 
 # %% ../nbs/00_data.ipynb #09bd794a
 class HeartnbError(Exception):
@@ -72,6 +72,20 @@ def _audio_info(p:Path):
     except Exception: return np.nan, np.nan
     return i.frames/i.samplerate, i.samplerate
 
+class DuplicateWarning(UserWarning):
+    "A dataset lists one recording more than once; it is indexed once."
+
+def read_list(
+    fn:Path,     # a CSV file of a dataset (labels, manifest)
+    **kwargs,    # passed to `pandas.read_csv`
+)->pd.DataFrame: # its rows, every column as text
+    "Read a dataset's CSV as text. Raises `DatasetError` naming the file for an empty file, one that is not UTF-8 text, one that cannot be read, or malformed CSV."
+    try: return pd.read_csv(fn, **{'dtype': str, 'keep_default_na': False, 'encoding': 'utf-8', **kwargs})
+    except pd.errors.EmptyDataError: raise DatasetError(f"{fn} is empty: it should list the recordings (a header line, then one row per recording).") from None
+    except UnicodeDecodeError as e: raise DatasetError(f"{fn} is not UTF-8 text ({e.reason} at byte {e.start}): save it as UTF-8 CSV.") from None
+    except PermissionError: raise DatasetError(f"{fn}: permission denied; you need read access to it.") from None
+    except (pd.errors.ParserError, ValueError, OSError) as e: raise DatasetError(f"{fn} is not a readable CSV file ({str(e)[:200]}).") from None
+
 def _lines(idx)->str:
     "CSV line numbers, some of them: 'lines 3, 17'"
     idx = list(idx)
@@ -87,13 +101,17 @@ def check_rows(
     unknown:str='raise',       # a label not in `classes`: 'raise' or 'drop'
     include_unlabelled:bool=False, # keep rows with an empty label?
     what:str='the dataset',    # what `classes` belong to, for messages
+    root=None,                 # the dataset folder: a listed path that leads out of it (absolute, `..`) is refused
 )->pd.DataFrame:               # the rows kept, with `path` (absolute path text) added
-    """The rules every dataset index applies to its listed rows: exact repeats dropped; one recording on rows that
-    differ, a label not in `classes`, a file missing from disk raise `DatasetError` naming `src` and the lines (or
-    the last two are dropped, if asked)."""
+    """The rules every dataset index applies to its listed rows: a path leading out of `root` raises `DatasetError`;
+    exact repeats, and rows naming the same file with the same label, are kept once with a `DuplicateWarning`; one
+    recording on rows that differ, a label not in `classes`, a file missing from disk raise `DatasetError` naming
+    `src` and the lines (or the last two are dropped, if asked)."""
     for k,v in dict(missing=missing, unknown=unknown).items():
         if v not in ('raise','drop'): raise ValueError(f"{k} must be 'raise' or 'drop', not {v!r}")
-    df = df[~df.duplicated()]
+    if (rep := df.duplicated()).any():
+        warnings.warn(f"{src}: {rep.sum()} row(s) repeat an earlier row exactly ({_lines(df.index[rep])}); each recording is indexed once.", DuplicateWarning)
+        df = df[~rep]
     if (dup := df.fname.duplicated(keep=False)).any():
         ex = '; '.join(f"{f} ({_lines(g.index)}: labels {', '.join(map(repr, g.label))})"
                        for f,g in list(df[dup].groupby('fname', sort=False))[:3])
@@ -107,6 +125,13 @@ def check_rows(
                                "Correct the labels, or pass unknown='drop' to leave those rows out.")
         df = df[~odd]
     paths = [to_path(f) for f in df.fname]
+    if root is not None:
+        top = os.path.normpath(os.path.abspath(root))
+        out = np.array([os.path.commonpath([top, os.path.normpath(os.path.abspath(p))]) != top for p in paths], dtype=bool)
+        if out.any():
+            raise DatasetError(f"{src}: {out.sum()} row(s) name a file outside the dataset folder {root} "
+                               f"({', '.join(df.fname[out].head(3))}; {_lines(df.index[out])}). Every path must lie inside the "
+                               "dataset folder (no absolute paths, no '..'): copy the files in, or correct the rows.")
     exists = np.array([p.is_file() for p in paths], dtype=bool)
     if not exists.all():
         gone = [str(p) for p,e in zip(paths, exists) if not e]
@@ -114,6 +139,17 @@ def check_rows(
             raise DatasetError(f"{len(gone)} recording(s) listed in {src} are missing from disk, e.g. {', '.join(gone[:3])} "
                                f"({_lines(df.index[~exists])}). Restore them, or pass missing='drop' to index only the files present.")
         df,paths = df[exists],[p for p,e in zip(paths, exists) if e]
+    real = pd.Series([os.path.realpath(p) for p in paths], index=df.index)
+    if (same := real.duplicated(keep=False)).any():       # one file under two spellings (./a.wav, a//b.wav, a link)
+        groups = list(df[same].groupby(real[same], sort=False))
+        if conflict := [g for _,g in groups if g.label.nunique() > 1]:
+            raise DatasetError(f"{src}: {len(conflict)} recording(s) are listed on more than one row under different names, with different labels: "
+                               + '; '.join(f"{', '.join(g.fname)} ({_lines(g.index)}: labels {', '.join(map(repr, g.label))})" for g in conflict[:3])
+                               + ". Keep one row per recording, with the right label.")
+        warnings.warn(f"{src}: {len(groups)} recording(s) are listed on more than one row under different names: "
+                      + '; '.join(f"{', '.join(g.fname)} ({_lines(g.index)})" for _,g in groups[:3]) + "; each is indexed once.", DuplicateWarning)
+        keep = ~real.duplicated().to_numpy()
+        df,paths = df[keep],[p for p,k in zip(paths, keep) if k]
     return df.assign(path=[str(p.absolute()) for p in paths])
 
 # %% ../nbs/00_data.ipynb #3b8a7990
@@ -137,13 +173,13 @@ def index_pascal(
     if subset not in SUBSETS: raise ValueError(f"subset must be one of {list(SUBSETS)}, not {subset!r}")
     csv = root/f'set_{subset}.csv'
     if not csv.exists(): raise DatasetError(f"{csv} not found: {root} should hold set_{subset}.csv and set_{subset}/ (Kaggle heartbeat-sounds layout).")
-    df = pd.read_csv(csv, dtype=str, keep_default_na=False)
+    df = read_list(csv)
     if not {'fname','label'} <= set(df.columns): raise DatasetError(f"{csv}: expected columns dataset,fname,label,sublabel; found {list(df.columns)}.")
     if 'sublabel' not in df: df['sublabel'] = ''
     if 'dataset' not in df: df['dataset'] = subset
     df.index += 2  # the CSV's line numbers, for messages (line 1 is the header)
     if not include_noisy: df = df[~df.sublabel.isin(NOISY_SUBLABELS)]
-    df = check_rows(df, csv, lambda f: root/disk_name(f), SUBSETS[subset], what=f"set_{subset}", **kwargs)
+    df = check_rows(df, csv, lambda f: root/disk_name(f), SUBSETS[subset], what=f"set_{subset}", root=root, **kwargs)
     return df.assign(patient=[patient_id(f) or Path(f).stem for f in df.fname])
 
 # %% ../nbs/00_data.ipynb #8504a5f1
@@ -163,11 +199,11 @@ def index_physionet2016(
     for d in folders:
         ref = d/'REFERENCE.csv'
         if not ref.exists(): raise DatasetError(f"{ref} not found: every training-? folder of PhysioNet 2016 has one (record,label).")
-        r = pd.read_csv(ref, header=None, dtype=str, keep_default_na=False, names=['fname','code'], on_bad_lines='error', engine='python')
+        r = read_list(ref, header=None, names=['fname','code'], on_bad_lines='error', engine='python')
         r.index += 1
         r['code'] = r.code.str.strip()
         r['label'] = r.code.map(PHYSIONET_LABELS).fillna(r.code.map(lambda c: f'code {c!r}'))
-        r = check_rows(r, ref, lambda f, d=d: d/f'{f.strip()}.wav', list(PHYSIONET_LABELS.values()), what='PhysioNet 2016 (1 abnormal, -1 normal)', **kwargs)
+        r = check_rows(r, ref, lambda f, d=d: d/f'{f.strip()}.wav', list(PHYSIONET_LABELS.values()), what='PhysioNet 2016 (1 abnormal, -1 normal)', root=d, **kwargs)
         dfs.append(r.assign(fname=[f'{d.name}/{f}.wav' for f in r.fname], dataset=d.name, patient=d.name, sublabel=''))
     return pd.concat(dfs, ignore_index=True)
 
@@ -193,12 +229,12 @@ def index_csv(
     "A CSV manifest `path,label[,patient]`. Raises `DatasetError` for a missing manifest or column, a bad row or a missing file."
     fn = root/csv
     if not fn.exists(): raise DatasetError(f"{fn} not found: a CSV manifest has the columns path,label[,patient] (paths relative to its folder).")
-    df = pd.read_csv(fn, dtype=str, keep_default_na=False)
+    df = read_list(fn)
     if not {'path','label'} <= set(df.columns): raise DatasetError(f"{fn}: expected columns path,label[,patient]; found {list(df.columns)}.")
     df.index += 2
     df = df.rename(columns=dict(path='fname'))
     if 'patient' not in df or (df.patient=='').any(): df['patient'] = df.get('patient', pd.Series('', index=df.index)).where(lambda s: s!='', df.fname)
-    df = check_rows(df, fn, lambda f: root/f, **kwargs)
+    df = check_rows(df, fn, lambda f: root/f, root=root, **kwargs)
     return df.assign(sublabel=df.get('sublabel', ''), dataset=root.name)
 
 # %% ../nbs/00_data.ipynb #0fd0f662

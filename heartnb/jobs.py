@@ -14,6 +14,7 @@ from typing import Annotated
 import pandas as pd
 from fastcore.meta import delegates
 from .data import HeartnbError, index_dataset, data_path
+from .safety import writes, check_options, OPTION_RULES
 
 # %% ../nbs/06_jobs.ipynb #ad4ea422
 def recipe(
@@ -46,6 +47,7 @@ def recipe(
 )->dict:                       # the options, checked (`balance` 'none' is None)
     "Every option of the training recipe, declared once: `train_job` and `cv_job` take them (`@delegates`), and so do the `heartnb train` and `heartnb cv` commands. Raises `HeartnbError` for options that do not go together."
     r = dict(locals())
+    check_options(**{k: v for k,v in r.items() if k in OPTION_RULES or k == 'split'})   # every option within its range
     if r['balance'] == 'none': r['balance'] = None
     if input not in ('png', 'audio'): raise HeartnbError(f"input must be 'png' or 'audio', not {input!r}")
     if input == 'png' and (duration, channels, augment) != (5., 1, False):
@@ -98,8 +100,8 @@ def prepare_items(
     progress:bool=True,
 )->pd.DataFrame:      # the items of the DataLoaders: `df` itself for audio, the PNG manifest otherwise
     "The first stage: recordings → `size×size` spectrogram PNGs (`spectrogram_images`), or nothing to do for `input='audio'`."
-    if r['input'] == 'audio': return df
-    from heartnb.spectrogram import spectrogram_images, load_manifest
+    from heartnb.spectrogram import spectrogram_images, load_manifest, check_recordings
+    if r['input'] == 'audio': return check_recordings(df)   # every recording read once: the unusable ones named, all of them
     spectrogram_images(df, png, r['preset'], r['size'], workers=r['workers'], progress=progress)
     return load_manifest(png)
 
@@ -132,6 +134,7 @@ def fit_recipe(
     return learn, res
 
 # %% ../nbs/06_jobs.ipynb #1e473b81
+@writes('run')
 @delegates(recipe)
 def train_job(
     out,                       # run folder to create
@@ -193,6 +196,7 @@ def train_job(
     return metrics
 
 # %% ../nbs/06_jobs.ipynb #9a116f62
+@writes('cv')
 @delegates(recipe, but=['split', 'valid_pct'])
 def cv_job(
     out,                       # folder to create: fold0/ ... fold{k-1}/, cv.json, oof.csv, settings.json

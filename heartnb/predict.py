@@ -6,19 +6,20 @@ Docs: https://heartnb.github.io/heartnb/predict.html.md"""
 
 # %% ../nbs/05_predict.ipynb #77a2e23b
 from __future__ import annotations
-import json
+import json, math
 from pathlib import Path
 import numpy as np, torch
 from fastai.vision.all import load_learner, Learner, Normalize, imagenet_stats
 from .data import HeartnbError
-from .spectrogram import spec_config, wav2image, SpecConfig, atomic_write, load_audio
+from .spectrogram import spec_config, wav2image, SpecConfig, atomic_write, load_audio, AudioError, UnusableRecording, bad_files_message
+from .safety import with_hints
 from .dataloaders import loader_workers, SpecImage
 from .backbones import arch_name
 
 # %% auto #0
-__all__ = ['SAFE_FORMAT', 'model_inputs', 'export_model', 'load_model', 'UnsafeModelError', 'export_safe', 'tta_shifts',
-           'SafeModel', 'Ensemble', 'safe_pair', 'load_safe', 'open_model', 'as_predictor', 'wav_images',
-           'predict_probs', 'predict_wavs']
+__all__ = ['SAFE_FORMAT', 'SAFE_ARCHS', 'model_inputs', 'NonFiniteError', 'check_finite', 'export_model', 'load_model',
+           'UnsafeModelError', 'export_safe', 'tta_shifts', 'SafeModel', 'Ensemble', 'safe_pair', 'check_model_meta',
+           'load_safe', 'open_model', 'as_predictor', 'wav_images', 'predict_probs', 'predict_wavs']
 
 # %% ../nbs/05_predict.ipynb #71560752
 def model_inputs(
@@ -35,22 +36,46 @@ def model_inputs(
     f = a2s.front
     return dict(spectrogram=f.melspec.cfg, size=f.size, audio=dict(duration=float(crop.duration), channels=int(f.channels)))
 
+class NonFiniteError(HeartnbError, ValueError):
+    "A model's weights, normalisation statistics or outputs are NaN or infinite."
+
+def check_finite(
+    tensors:dict,   # name → tensor (a state dict), or name → list of numbers
+    what,           # the model or file, for messages
+)->dict:            # `tensors`, if every value is finite
+    "Raise `NonFiniteError` naming `what` and the first tensors holding NaN or infinity."
+    bad = [k for k,v in tensors.items() if not torch.isfinite(torch.as_tensor(v, dtype=torch.float64) if isinstance(v, (list, tuple)) else v.float() if v.is_floating_point() else v.double()).all()]
+    if bad: raise with_hints(NonFiniteError(f"{what} has NaN or infinite values in {len(bad)} tensor(s) ({', '.join(bad[:3])}): "
+                                            "the training diverged or the file is damaged; it is not used."),
+                             lr="Train again with a lower --lr.")
+    return tensors
+
+def _check_norm(mean, std, what):
+    "Normalisation statistics must be finite, and the standard deviations positive"
+    check_finite(dict(mean=list(mean), std=list(std)), what)
+    if min(std) <= 0: raise NonFiniteError(f"{what}: a normalisation standard deviation is {min(std)}, not positive (inputs would be divided by it).")
+
 def export_model(
     learn:Learner, # trained learner (from `heart_learner`)
     fname,         # file to write, e.g. `model.pkl`
 )->Path:           # `fname`
     "Export `learn` the fastai way (`Learner.export`, a pickle): `load_learner(fname).predict('x.wav')` classifies a recording, since its DataLoaders read WAVs."
     model_inputs(learn)
-    fname = Path(fname); fname.parent.mkdir(parents=True, exist_ok=True)
-    learn.export(fname.absolute())
+    fname = Path(fname)
+    check_finite(learn.model.state_dict(), 'the model'); _check_norm(*_norm_stats(learn), 'the model')
+    atomic_write(fname, lambda t: learn.export(Path(t).absolute()))   # complete or absent, like every other file
     return fname
 
 def load_model(fname, cpu:bool=True)->Learner:
-    "Load a model written by `export_model` (fastai's `load_learner`). Raises `HeartnbError` if the file is missing or not a heartnb export."
+    """Load a model written by `export_model` (fastai's `load_learner`): a pickle, which can run any code it holds, so call
+    this only on files you made yourself (`open_model` asks for `trust_pickle=True`). Raises `HeartnbError` if the file
+    is missing, not a heartnb export, or holds non-finite weights."""
     fname = Path(fname)
     if not fname.exists(): raise HeartnbError(f"model file {fname} not found: train one with `heartnb train` (it writes RUN_DIR/model.pkl).")
-    learn = load_learner(fname, cpu=cpu)
+    try: learn = load_learner(fname, cpu=cpu)
+    except Exception as e: raise HeartnbError(f"{fname} could not be loaded as a fastai export ({type(e).__name__}: {str(e)[:200]}).") from None
     model_inputs(learn)
+    check_finite(learn.model.state_dict(), fname); _check_norm(*_norm_stats(learn), fname)
     for dl in learn.dls.loaders: dl.fake_l.num_workers = loader_workers(learn.dls.device)   # this machine's, not the trainer's
     return learn
 
@@ -79,7 +104,8 @@ def export_safe(
     meta = dict(format=SAFE_FORMAT, arch=arch_name(learn.arch), n_in=audio['channels'] if audio else 3, classes=list(map(str, learn.dls.vocab)),
                 spectrogram=inp['spectrogram'].to_dict(), size=inp['size'], normalize=dict(mean=mean, std=std),
                 input='audio' if audio else 'png', audio=audio, pretrained=getattr(learn, 'heartnb_pretrained', None))
-    sd = {k: v.detach().cpu().contiguous() for k,v in learn.model.state_dict().items()}
+    sd = check_finite({k: v.detach().cpu().contiguous() for k,v in learn.model.state_dict().items()}, 'the model')
+    _check_norm(mean, std, 'the model')
     atomic_write(fname, lambda t: save_file(sd, t, metadata=dict(format=SAFE_FORMAT)))
     atomic_write(fname.with_suffix('.json'), lambda t: Path(t).write_text(json.dumps(meta, indent=2)))
     return fname
@@ -158,7 +184,7 @@ def _check_safetensors(fname:Path):
         kind = 'a pickle' if head[:1] == b'\x80' else 'a torch/zip archive' if head[:2] == b'PK' else 'not safetensors'
         raise UnsafeModelError(f"{fname} is {kind}, not a safetensors file; the safe loader does not unpickle. "
                                "Ask for the model.safetensors + model.json pair that `heartnb train` writes, or, only if you "
-                               "trust whoever made it, load the pickle with `load_model` / `heartnb predict MODEL.pkl`.")
+                               "trust whoever made it, load the pickle with `load_model` (or `open_model(..., trust_pickle=True)`).")
 
 def safe_pair(
     fname, # `*.safetensors`, its `.json`, or a run folder
@@ -168,9 +194,52 @@ def safe_pair(
     if fname.is_dir(): fname = fname/'model.safetensors'
     if fname.suffix == '.json': fname = fname.with_suffix('.safetensors')
     meta_fn = fname.with_suffix('.json')
+    if fname.is_file(): _check_safetensors(fname)      # a pickle is named as one, whatever is beside it
     for f in (fname, meta_fn):
         if not f.exists(): raise HeartnbError(f"{f} not found: a safe heartnb model is a .safetensors file with its .json beside it (`heartnb train` writes RUN_DIR/model.safetensors and RUN_DIR/model.json).")
     return fname, meta_fn
+
+SAFE_ARCHS = ('resnet18', 'resnet34', 'resnet50', 'resnet101', 'efficientnet_b0', 'tf_efficientnet_lite0', 'convnext_atto',
+              'mobilenetv3_large_100')   # the architectures the safe loader builds (torchvision's, then timm's)
+
+def _num(x)->bool: return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+def _int(x)->bool: return isinstance(x, int) and not isinstance(x, bool)
+
+def check_model_meta(
+    meta:dict,   # the contents of a `model.json`
+    where,       # its file, for messages
+)->dict:         # `meta`, if it describes a model heartnb will build
+    """Bound what a `model.json` can make the safe loader do: an architecture from `SAFE_ARCHS`, 2 to 1000 classes,
+    1 or 3 input channels, images of 16 to 1024 pixels, spectrograms at 500 Hz to 48 kHz with FFTs of 16 to 8192
+    samples, hops of at least 1 ms, 1 to 512 mel bands, clips of 0.5 to 60 s, finite normalisation
+    statistics with positive standard deviations. Raises `HeartnbError` naming the field."""
+    def need(ok, field, allowed):
+        if not ok: raise HeartnbError(f"{where}: {field} {_get(field)!r} is not accepted ({allowed}); the file is damaged or was edited. Re-export the model.")
+    def _get(field):
+        v = meta
+        for k in field.split('.'): v = v.get(k) if isinstance(v, dict) else None
+        return v
+    need(meta.get('arch') in SAFE_ARCHS, 'arch', f"one of {', '.join(SAFE_ARCHS)}")
+    cl = meta.get('classes')
+    need(isinstance(cl, list) and 2 <= len(cl) <= 1000 and all(isinstance(c, str) and 0 < len(c) <= 100 for c in cl) and len(set(cl)) == len(cl),
+         'classes', '2 to 1000 different names')
+    need(meta.get('n_in') in (1, 3) and _int(meta.get('n_in')), 'n_in', '1 or 3')
+    need(_int(meta.get('size')) and 16 <= meta['size'] <= 1024, 'size', '16 to 1024 pixels')
+    sp = meta.get('spectrogram')
+    need(isinstance(sp, dict), 'spectrogram', 'the spectrogram settings')
+    need(_int(sp.get('sr')) and 500 <= sp['sr'] <= 48000, 'spectrogram.sr', '500 to 48000 Hz')
+    need(_int(sp.get('n_fft')) and 16 <= sp['n_fft'] <= 8192, 'spectrogram.n_fft', '16 to 8192 samples')
+    need(_int(sp.get('hop_length')) and sp['sr']/1000 <= sp['hop_length'] <= sp['n_fft'], 'spectrogram.hop_length', 'from 1 ms of samples to n_fft')
+    need(_int(sp.get('n_mels')) and 1 <= sp['n_mels'] <= 512, 'spectrogram.n_mels', '1 to 512 mel bands')
+    need(_num(sp.get('fmin')) and _num(sp.get('fmax')) and 0 <= sp['fmin'] < sp['fmax'] <= sp['sr']/2, 'spectrogram.fmax', '0 <= fmin < fmax <= sr/2')
+    need(_num(sp.get('top_db')) and 0 < sp['top_db'] <= 200, 'spectrogram.top_db', '0 to 200 dB')
+    nm = meta.get('normalize')
+    ok = isinstance(nm, dict) and all(isinstance(nm.get(k), list) and len(nm[k]) == meta['n_in'] and all(_num(x) for x in nm[k]) for k in ('mean','std'))
+    need(ok and all(x > 0 for x in nm['std']), 'normalize', f"{meta['n_in']} finite means and positive standard deviations")
+    if (a := meta.get('audio')) is not None:
+        need(isinstance(a, dict) and _num(a.get('duration')) and 0.5 <= a['duration'] <= 60 and a.get('channels') == meta['n_in'],
+             'audio', 'duration 0.5 to 60 s, channels = n_in')
+    return meta
 
 def load_safe(
     fname, # `*.safetensors` written by `export_safe` (its `.json` beside it), or that `.json`, or a run folder
@@ -185,22 +254,31 @@ def load_safe(
     except ValueError as e: raise HeartnbError(f"{meta_fn} is not valid JSON ({e}): re-export the model with `export_safe`.") from None
     if not isinstance(meta, dict) or meta.get('format') != SAFE_FORMAT:
         raise HeartnbError(f"{meta_fn} does not describe a heartnb model (expected format {SAFE_FORMAT!r}): re-export it with `export_safe`.")
+    check_model_meta(meta, meta_fn)
     try:
         SpecConfig(**meta['spectrogram'])
-        arch = meta['arch']
-        if not isinstance(arch, str) or not arch.replace('.', '_').isidentifier(): raise ValueError(f"bad architecture name {arch!r}")
-        model = create_heart_model(arch, len(meta['classes']), n_in=meta['n_in'])
-        model.load_state_dict(load_file(fname), strict=True)
+        sd = check_finite(load_file(fname), fname)
+        model = create_heart_model(meta['arch'], len(meta['classes']), n_in=meta['n_in'])
+        model.load_state_dict(sd, strict=True)
         return SafeModel(model, meta)
+    except NonFiniteError: raise
     except (KeyError, TypeError, ValueError, RuntimeError, SafetensorError, HeartnbError) as e:
         raise HeartnbError(f"{fname} and {meta_fn} do not make a heartnb model ({str(e)[:300]}): re-export it with `export_safe`.") from None
 
 def open_model(
     fname, # `*.safetensors`/`*.json`/run folder (safe), a `heartnb cv` folder (its fold models, an `Ensemble`), or `*.pkl` (fastai pickle: trusted files only)
+    trust_pickle:bool=False, # load a `.pkl` (a pickle runs any code it holds: only for files you made yourself)
 )->'SafeModel|Ensemble|Learner':
-    "Load a model by its file name: the safe loader for safetensors, `load_model` (pickle) only for `.pkl`."
+    "Load a model by its file name: the safe loader for safetensors; `load_model` (pickle) only for `.pkl` and only with `trust_pickle`. Raises `UnsafeModelError` for a pickle without it."
     fname = Path(fname)
-    if fname.suffix == '.pkl': return load_model(fname)
+    if fname.suffix == '.pkl':
+        if not trust_pickle:
+            safe = fname.with_name('model.safetensors')
+            raise with_hints(UnsafeModelError(f"{fname} is a pickle (fastai's Learner.export): loading it runs whatever code it holds, so heartnb "
+                                              f"does not load it unless told to trust it (trust_pickle=True). Use the safe model instead, which needs "
+                                              f"no trust: {safe} (with model.json beside it{'' if safe.exists() else '; none is there'})."),
+                             trust_pickle="Only if you made this file yourself, pass --trust-pickle.")
+        return load_model(fname)
     if fname.is_dir() and not (fname/'model.safetensors').exists() and (folds := sorted(fname.glob('fold*/model.safetensors'))):
         return Ensemble([load_safe(f) for f in folds])
     return load_safe(fname)
@@ -227,27 +305,49 @@ def wav_images(
         return [crop_pad(y, n, s).numpy() for s in clip_starts(len(y), n)]
     return [wav2image(wav, cfg, size)]
 
+def _predict(model, wavs:list, bs:int=16, tta:int=0)->tuple:
+    "(probabilities (len(wavs), n_classes), NaN for a recording that failed; {index: the `AudioError`} of those)"
+    model = as_predictor(model)
+    imgs,errs = [],{}
+    for i,w in enumerate(wavs):
+        try: imgs.append(wav_images(model, w))
+        except AudioError as e: imgs.append([]); errs[i] = e
+    probs = model.predict_images([im for ims in imgs for im in ims], bs, tta)
+    nan = torch.full((len(model.vocab),), float('nan'))
+    return torch.stack([p.mean(0) if len(p) else nan for p in probs.split([len(ims) for ims in imgs])]) if len(wavs) else torch.zeros(0, len(model.vocab)), errs
+
 def predict_probs(
     model,          # a `SafeModel`, `Ensemble` or `Learner` (from `load_model`)
     wavs:list,      # WAV files
     bs:int=16,      # images per batch
     tta:int=0,      # extra time-shifted passes per image (test-time augmentation, see `tta_shifts`)
 )->torch.Tensor:    # class probabilities, shape (len(wavs), n_classes), classes in `model.vocab` order
-    "Class probabilities of whole recordings: the mean over a recording's clips (a model trained on audio) and TTA passes."
-    model = as_predictor(model)
-    if not len(wavs): return torch.zeros(0, len(model.vocab))
-    imgs = [wav_images(model, w) for w in wavs]
-    probs = model.predict_images([im for ims in imgs for im in ims], bs, tta)
-    return torch.stack([p.mean(0) for p in probs.split([len(ims) for ims in imgs])])
+    """Class probabilities of whole recordings: the mean over a recording's clips (a model trained on audio) and TTA
+    passes. Raises `AudioError` naming every recording that cannot be read or used, `NonFiniteError` if the model gives NaN."""
+    wavs = list(wavs)
+    probs,errs = _predict(model, wavs, bs, tta)
+    if errs: raise AudioError(bad_files_message([wavs[i] for i in errs], [str(e) for e in errs.values()], len(wavs)))
+    if not torch.isfinite(probs).all(): raise NonFiniteError(f"the model gives NaN or infinite probabilities for {int((~torch.isfinite(probs)).any(1).sum())} recording(s): its weights or normalisation are damaged.")
+    return probs
 
 def predict_wavs(
-    learn,          # a `SafeModel` (from `load_safe`), an `Ensemble` or a `Learner` (trained, or from `load_model`)
+    learn,          # a `SafeModel` (from `load_safe`), an `Ensemble` or a `Learner` (from `load_model`, or trained with `heartnb_spec`)
     wavs:list,      # WAV files
     bs:int=16,      # images per batch
     tta:int=0,      # extra time-shifted passes per image (test-time augmentation)
-)->list:            # one dict per file: {'file', 'label', 'probabilities': {class: p}}
-    "Classify raw WAV recordings with the spectrogram settings stored in the model. Raises `AudioError` naming a bad file."
+)->list:            # one dict per file: {'file', 'label', 'probabilities': {class: p}}, or {'file', 'label': None, 'probabilities': None, 'error'}
+    """Classify raw WAV recordings with the spectrogram settings stored in the model. A recording that cannot be read
+    or used, or whose probabilities are not finite, gets no label but an `error`: 'unusable recording: <reason>',
+    the reading error, or 'no prediction: ...'."""
     model = as_predictor(learn)
-    probs,vocab = predict_probs(model, wavs, bs, tta),model.vocab
-    return [dict(file=str(w), label=vocab[int(p.argmax())], probabilities={c: float(p[i]) for i,c in enumerate(vocab)})
-            for w,p in zip(wavs, probs)]
+    wavs = list(wavs)
+    probs,errs = _predict(model, wavs, bs, tta)
+    vocab,res = model.vocab,[]
+    for i,(w,p) in enumerate(zip(wavs, probs)):
+        if i in errs: err = f"unusable recording: {errs[i].reason}" if isinstance(errs[i], UnusableRecording) else str(errs[i])
+        elif not torch.isfinite(p).all(): err = "no prediction: the model gives NaN or infinite probabilities (its weights or normalisation are damaged)"
+        else:
+            res.append(dict(file=str(w), label=vocab[int(p.argmax())], probabilities={c: float(p[k]) for k,c in enumerate(vocab)}))
+            continue
+        res.append(dict(file=str(w), label=None, probabilities=None, error=err))
+    return res

@@ -6,19 +6,21 @@ Docs: https://heartnb.github.io/heartnb/spectrogram.html.md"""
 
 # %% ../nbs/01_spectrogram.ipynb #60c66343
 from __future__ import annotations
-import io, os, json, tempfile, warnings
+import io, os, json, tempfile, warnings, hashlib, errno
 from dataclasses import dataclass, asdict
 from functools import lru_cache
 from pathlib import Path
 import numpy as np, pandas as pd, soundfile as sf, librosa
 from PIL import Image
 from fastcore.parallel import parallel
-from .data import HeartnbError, DatasetError
+from .data import HeartnbError, DatasetError, read_list
+from .safety import writes, disk_full, with_hints, MIN_SECONDS, MAX_SECONDS
 
 # %% auto #0
-__all__ = ['PRESETS', 'SpecConfig', 'spec_config', 'AudioError', 'load_audio', 'mel_basis', 'melspec_db', 'spec_image',
-           'wav2image', 'ConversionError', 'atomic_write', 'png_bytes', 'save_png', 'png_name', 'spectrogram_images',
-           'load_manifest']
+__all__ = ['PRESETS', 'MIN_SR', 'MAX_SR', 'MAX_CHANNELS', 'MAX_SAMPLES', 'MIN_RMS', 'CACHE', 'SpecConfig', 'spec_config',
+           'AudioError', 'UnusableRecording', 'load_audio', 'mel_basis', 'melspec_db', 'spec_image', 'wav2image',
+           'ConversionError', 'atomic_write', 'png_bytes', 'save_png', 'png_name', 'png_names', 'bad_files_message',
+           'check_recordings', 'spectrogram_images', 'load_manifest']
 
 # %% ../nbs/01_spectrogram.ipynb #05899e81
 @dataclass(frozen=True)
@@ -53,30 +55,64 @@ def spec_config(cfg='heart')->SpecConfig:
 
 # %% ../nbs/01_spectrogram.ipynb #1e2f512a
 class AudioError(HeartnbError, ValueError):
-    "A recording cannot be read as audio (missing, empty, truncated, not a WAV, no samples, NaN/inf samples, corrupt header)."
+    "A recording cannot be read as audio (missing, unreadable, empty, truncated, not a WAV, no samples, NaN/inf samples, corrupt or absurd header, too long)."
 
-_MIN_SR = 500  # Hz: a lower sample rate in a header is taken as corruption (it would be resampled to a huge length)
+class UnusableRecording(AudioError):
+    "A readable recording that carries no usable signal: shorter than `MIN_SECONDS`, or silent. Its message says 'unusable recording: <reason>'."
+    def __init__(self, path, reason:str):
+        super().__init__(f"{path}: unusable recording: {reason}")
+        self.path,self.reason = str(path),reason
+    def __reduce__(self): return (type(self), (self.path, self.reason))   # (worker processes send it back whole)
+
+MIN_SR,MAX_SR = 500,384_000   # Hz: a header outside this range is corrupt (it would be resampled to hours, or to nothing)
+MAX_CHANNELS = 8              # channels: more in a header is taken as corruption
+MAX_SAMPLES = 2**27           # samples (all channels) read at once: 512 MB as float32, 10 min of 96 kHz stereo
+MIN_RMS = 1e-5                # RMS of the signal around its mean below which a recording is silent (-100 dB full scale)
+
+def _seconds(s:float)->str: return f"{s:.3g} s" if s < 120 else f"{s/60:.1f} min" if s < 7200 else f"{s/3600:.1f} h"
 
 def load_audio(
-    path,         # a WAV (or other libsndfile format) file
-    sr:int=4000,  # target sample rate, Hz; None keeps the file's own
-)->tuple:         # (y, sr): float32 mono waveform of shape (n_samples,), and its sample rate in Hz
+    path,               # a WAV (or other libsndfile format) file
+    sr:int=4000,        # target sample rate, Hz; None keeps the file's own
+    usable:bool=True,   # also refuse a recording with no usable signal (`UnusableRecording`: too short, silent)
+)->tuple:               # (y, sr): float32 mono waveform of shape (n_samples,), and its sample rate in Hz
     """Read `path` as a mono float32 waveform resampled to `sr`: the mean of its channels, scaled down by its peak if
     that exceeds 1 (only float files can). At the file's own rate `y` lies in [-1, 1]; resampling gives exactly
     ceil(n_samples·sr/file_sr) samples and can overshoot [-1, 1] a little. Raises `AudioError`, naming the file and
-    what to do, if the file is missing, empty, not readable as audio, holds no samples or NaN/infinite ones, or
-    claims a sample rate below 500 Hz."""
+    what to do, if the file is missing, not readable (permissions), empty, not readable as audio, holds no samples or
+    NaN/infinite ones, or its header claims a sample rate outside [500 Hz, 384 kHz], more than 8 channels, more than
+    `MAX_SECONDS` of audio or more than `MAX_SAMPLES` samples (checked before anything is read); with `usable`,
+    `UnusableRecording` for a recording shorter than `MIN_SECONDS` or silent (RMS around its mean below -100 dBFS)."""
     path = Path(path)
     if not path.exists(): raise AudioError(f"{path}: no such file. Check the path (was the file moved or renamed?).")
+    try:
+        with open(path, 'rb'): pass
+    except PermissionError: raise AudioError(f"{path}: permission denied: you may not read this file. Check its permissions (or its owner).") from None
+    except IsADirectoryError: raise AudioError(f"{path}: a folder, not an audio file.") from None
     if path.stat().st_size == 0: raise AudioError(f"{path}: the file is empty (0 bytes). Re-export or remove it.")
+    try: info = sf.info(str(path))
+    except Exception as e: raise AudioError(f"{path}: not a readable audio file ({e}). Check that it is a complete WAV; re-export or remove it.") from None
+    if not MIN_SR <= info.samplerate <= MAX_SR:
+        raise AudioError(f"{path}: the header claims a sample rate of {info.samplerate} Hz, outside {MIN_SR} Hz to {MAX_SR} Hz; "
+                         "the header is probably corrupt. Re-export or remove the file.")
+    if not 1 <= info.channels <= MAX_CHANNELS:
+        raise AudioError(f"{path}: the header claims {info.channels} channels (heartnb reads 1 to {MAX_CHANNELS}); the header is probably corrupt. Re-export or remove the file.")
+    if info.frames/info.samplerate > MAX_SECONDS or info.frames*info.channels > MAX_SAMPLES:
+        raise AudioError(f"{path}: the recording is {_seconds(info.frames/info.samplerate)} long ({info.frames*info.channels} samples), more than heartnb "
+                         f"reads at once ({_seconds(MAX_SECONDS)}, {MAX_SAMPLES} samples). Cut it into shorter recordings.")
     try: y,file_sr = sf.read(str(path), dtype='float32', always_2d=True)
     except Exception as e: raise AudioError(f"{path}: not a readable audio file ({e}). Check that it is a complete WAV; re-export or remove it.") from None
     if y.shape[0] == 0: raise AudioError(f"{path}: the file holds no audio samples (header only or truncated). Re-export or remove it.")
-    if file_sr < _MIN_SR: raise AudioError(f"{path}: the header claims a sample rate of {file_sr} Hz, below {_MIN_SR} Hz; "
-                                           "the header is probably corrupt. Re-export or remove the file.")
     if not np.isfinite(y).all(): raise AudioError(f"{path}: the samples contain NaN or infinite values. Re-export it (e.g. as 16-bit PCM) or remove it.")
     if (peak := np.abs(y).max()) > 1: y = y/peak  # float files only; before the mean, which could overflow
     y = y.mean(axis=1)
+    if usable:
+        if len(y)/file_sr < MIN_SECONDS:
+            raise UnusableRecording(path, f"{len(y)/file_sr:.3g} s long ({len(y)} samples at {file_sr} Hz), shorter than the {MIN_SECONDS} s "
+                                          "heartnb needs (about half a heart cycle). Record longer, or remove it.")
+        if (rms := float(np.sqrt(np.mean((y.astype(np.float64) - y.mean())**2)))) < MIN_RMS:
+            raise UnusableRecording(path, f"silent (RMS {rms:.2g} around its mean, below {MIN_RMS:g}, i.e. -100 dB full scale: all zero or a constant). "
+                                          "Check the recording device, or remove it.")
     if sr and file_sr != sr:  # to exactly ceil(n*sr/file_sr) samples (librosa's float ratio can give one more)
         n = int(-(-len(y)*sr // file_sr))
         y = librosa.util.fix_length(librosa.resample(y, orig_sr=file_sr, target_sr=sr, res_type='soxr_hq'), size=n)
@@ -143,14 +179,37 @@ def wav2image(
 class ConversionError(HeartnbError, RuntimeError):
     "One or more recordings could not be converted; see the message and `errors.csv`."
 
+def _umask()->int:
+    "The process's umask (read from /proc where it can be, else set and restored)"
+    try:
+        for l in Path('/proc/self/status').read_text().splitlines():
+            if l.startswith('Umask:'): return int(l.split()[1], 8)
+    except (OSError, ValueError): pass
+    m = os.umask(0o022); os.umask(m)
+    return m
+
+def _is_disk_full(e:BaseException)->bool:
+    "Is `e` a full disk or quota, whoever raised it (the OS, torch's or safetensors' writers)?"
+    return getattr(e, 'errno', None) in (errno.ENOSPC, errno.EDQUOT) or 'No space left on device' in str(e)
+
 def atomic_write(fn:Path, write):
-    "Call `write(tmp_path)`, then rename the temporary file to `fn`: `fn` is either complete or untouched. The temporary file never outlives a failure."
-    fn.parent.mkdir(parents=True, exist_ok=True)
-    fd,tmp = tempfile.mkstemp(dir=fn.parent, prefix=f'.{fn.name}.', suffix='.tmp')
-    os.close(fd)
-    try: write(tmp); os.replace(tmp, fn)
+    """Call `write(tmp_path)`, then rename the temporary file to `fn`: `fn` is either complete or untouched. The
+    temporary file never outlives a failure. `fn` gets the permissions the umask asks for (as `open` would give it,
+    not `mkstemp`'s 0600). A full disk raises `DiskFullError` naming the file and its folder."""
+    fn = Path(fn)
+    tmp = None
+    try:
+        fn.parent.mkdir(parents=True, exist_ok=True)
+        fd,tmp = tempfile.mkstemp(dir=fn.parent, prefix=f'.{fn.name}.', suffix='.tmp')
+        os.close(fd)
+        write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, fn)
+    except Exception as e:
+        if _is_disk_full(e): raise disk_full(fn) from None
+        raise
     finally:
-        if os.path.exists(tmp): os.remove(tmp)
+        if tmp and os.path.exists(tmp): os.remove(tmp)
 
 def _png_level(level)->int:
     "`level` if it is a zlib level (an integer from 0 to 9), else `ValueError`"
@@ -178,6 +237,16 @@ def png_name(row)->str:
     "Relative path of the PNG for an index row: `<label>/<stem>.png` (unlabelled recordings in `unlabelled/`)."
     return f"{row['label'] or 'unlabelled'}/{Path(row['path']).stem}.png"
 
+def png_names(
+    df:pd.DataFrame, # recordings, with `path` and `label`
+)->list:             # relative PNG path of each row, one per recording
+    """`png_name` of each row, except where different recordings would share one PNG (the same stem and label, from
+    two folders or two extensions): those get `<label>/<stem>-<8 hex digits of their path's SHA-256>.png`."""
+    names = pd.Series([png_name(r) for r in df.to_dict('records')])
+    paths = pd.Series([str(Path(p).absolute()) for p in df.path])
+    shared = names.map(paths.groupby(names).nunique()) > 1
+    return [f"{n[:-4]}-{hashlib.sha256(p.encode()).hexdigest()[:8]}.png" if s else n for n,p,s in zip(names, paths, shared)]
+
 _single_threaded = False
 def _one_thread():
     "In a worker process, keep BLAS/OpenMP to one thread: n workers × n BLAS threads on n cores only contend"
@@ -186,17 +255,88 @@ def _one_thread():
         from threadpoolctl import threadpool_limits
         threadpool_limits(1); _single_threaded = True
 
-def _convert_one(item, out:Path=None, cfg:SpecConfig=None, size:int=512, force:bool=False, worker:bool=False, png_level:int=1):
-    "Convert one (wav, png) pair; returns 'done', 'skipped' or the error message"
-    wav,png = Path(item[0]), out/item[1]
+CACHE = '.heartnb-cache.jsonl'   # one line per PNG written: its WAV (path, size, mtime), its settings key, its size and SHA-256
+
+def _wav_id(wav:Path)->dict:
+    st = wav.stat()
+    return dict(wav=str(wav), wav_size=st.st_size, wav_mtime_ns=st.st_mtime_ns)
+
+def _up_to_date(rec:dict, wav:Path, png:Path, key:str)->bool:
+    "Is `png` the one recorded in `rec`, made with the settings `key` from this very WAV, and unchanged since?"
+    if not rec or rec.get('key') != key: return False
+    try:
+        if {k: rec.get(k) for k in ('wav','wav_size','wav_mtime_ns')} != _wav_id(wav): return False
+        b = png.read_bytes()
+    except OSError: return False
+    return len(b) == rec.get('png_size') and hashlib.sha256(b).hexdigest() == rec.get('png_sha256')
+
+def _journal(out:Path, rec:dict):
+    "Append `rec` to the cache journal (one short `O_APPEND` write: whole lines even from several processes)"
+    try:
+        fd = os.open(out/CACHE, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        try: os.write(fd, (json.dumps(rec) + '\n').encode())
+        finally: os.close(fd)
+    except OSError as e:
+        if _is_disk_full(e): raise disk_full(out/CACHE) from None
+        raise
+
+def _read_journal(out:Path)->dict:
+    "The cache records of `out`, by PNG (the last line for a PNG wins; a line cut short by a kill is ignored)"
+    recs = {}
+    try: lines = (out/CACHE).read_text(errors='replace').splitlines()
+    except OSError: return recs
+    for l in lines:
+        try: r = json.loads(l); recs[str(r['png'])] = r
+        except (ValueError, KeyError, TypeError): pass
+    return recs
+
+def _own_png(out:Path, rel:str)->Path|None:
+    "`out/rel` if it is a PNG inside `out` (a journal line is never trusted to point elsewhere)"
+    p = out/rel
+    top = os.path.abspath(out)
+    return p if rel.endswith('.png') and os.path.commonpath([top, os.path.abspath(p)]) == top else None
+
+_single_threaded = False
+def _one_thread():
+    "In a worker process, keep BLAS/OpenMP to one thread: n workers × n BLAS threads on n cores only contend"
+    global _single_threaded
+    if not _single_threaded:
+        from threadpoolctl import threadpool_limits
+        threadpool_limits(1); _single_threaded = True
+
+def _convert_one(item, out:Path=None, cfg:SpecConfig=None, size:int=512, force:bool=False, worker:bool=False, png_level:int=1, key:str=''):
+    "Convert one (wav, png, cache record) triple; returns 'done', 'skipped' or the error message"
+    wav,rel,rec = Path(item[0]), item[1], item[2]
+    png = out/rel
     if worker: _one_thread()
     try:
-        if not force and png.exists() and png.stat().st_mtime >= wav.stat().st_mtime: return 'skipped'
-        save_png(wav2image(wav, cfg, size), png, png_level)
+        if not force and _up_to_date(rec, wav, png, key): return 'skipped'
+        data = png_bytes(wav2image(wav, cfg, size), png_level)
+        rec = dict(png=rel, key=key, **_wav_id(wav), png_size=len(data), png_sha256=hashlib.sha256(data).hexdigest())
+        def write(t): Path(t).write_bytes(data); _journal(out, rec)   # recorded before the rename: a kill between them redoes it
+        atomic_write(png, write)
         return 'done'
     except (AudioError, OSError, ValueError) as e: return str(e)
 
 # %% ../nbs/01_spectrogram.ipynb #b246ceb2
+def bad_files_message(paths, errors, n:int, what:str='cannot be used')->str:
+    "One message naming every bad recording (all of them), with the reasons of the first three."
+    paths,errors = list(map(str, paths)),list(errors)
+    return (f"{len(paths)} of {n} recording(s) {what}: {', '.join(paths)}. The first: " + ' | '.join(errors[:3]) +
+            ". Fix or remove them (or leave them out of the dataset's list).")
+
+def check_recordings(
+    df:pd.DataFrame,    # recordings, with `path`
+)->pd.DataFrame:        # `df`, if every recording is usable
+    "Read every recording of `df` (`load_audio` at its own rate) before training on audio. Raises `ConversionError` naming each one that cannot be used."
+    errs = []
+    for p in df.path:
+        try: load_audio(p, None)
+        except AudioError as e: errs.append((p, str(e)))
+    if errs: raise ConversionError(bad_files_message(*zip(*errs), len(df)))
+    return df
+
+@writes('spectrograms', what='the PNG folder')
 def spectrogram_images(
     df:pd.DataFrame,     # recordings, with columns `path` and `label` (e.g. from `index_dataset`)
     out,                 # output folder: receives `<label>/<stem>.png`, `manifest.csv`, `spec_config.json`
@@ -211,18 +351,24 @@ def spectrogram_images(
     "Convert the recordings of `df` into PNG spectrogram images under `out`, skipping those already up to date."
     out,cfg = Path(out),spec_config(cfg)
     png_level = _png_level(png_level)   # now, not once per file in the workers
-    out.mkdir(parents=True, exist_ok=True)
     settings = dict(cfg.to_dict(), size=size)
+    key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+    recs = _read_journal(out)
+    for rel,r in list(recs.items()):          # PNGs heartnb wrote with other settings: removed (and nothing else)
+        if r.get('key') != key:
+            if (p := _own_png(out, rel)): p.unlink(missing_ok=True)
+            del recs[rel]
     cfg_file = out/'spec_config.json'
     if not cfg_file.exists() or json.loads(cfg_file.read_text()) != settings:
-        for old in out.glob('*/*.png'): old.unlink()
         atomic_write(cfg_file, lambda t: Path(t).write_text(json.dumps(settings, indent=2)))
-    for stale in out.glob('*/.*.tmp'): stale.unlink()  # left by a killed run; never a half-written PNG
-    pngs = [png_name(r) for r in df.to_dict('records')]
+    for stale in out.glob('*/.*.tmp'): stale.unlink()  # left by a killed run (atomic_write's names); never a half-written PNG
+    pngs = png_names(df)
     if workers is None: workers = os.cpu_count()
     n_workers = min(workers, len(df))
-    status = parallel(_convert_one, list(zip(df.path, pngs)), out=out, cfg=cfg, size=size, force=force, worker=n_workers>0, png_level=png_level,
-                      n_workers=n_workers, progress=progress and len(df)>1, chunksize=8)
+    status = parallel(_convert_one, [(p, rel, recs.get(rel)) for p,rel in zip(df.path, pngs)], out=out, cfg=cfg, size=size, force=force,
+                      worker=n_workers>0, png_level=png_level, key=key, n_workers=n_workers, progress=progress and len(df)>1, chunksize=8)
+    recs = {rel: r for rel,r in _read_journal(out).items() if r.get('key') == key and (p := _own_png(out, rel)) and p.exists()}
+    atomic_write(out/CACHE, lambda t: Path(t).write_text(''.join(json.dumps(r) + '\n' for r in recs.values())))
     status = pd.Series(list(status), index=df.index)
     ok = status.isin(['done','skipped'])
     man = df.assign(png=pngs, status=status)[ok].reset_index(drop=True)
@@ -230,9 +376,8 @@ def spectrogram_images(
     errs = df.assign(error=status)[~ok][['path','error']]
     if len(errs):
         atomic_write(out/'errors.csv', lambda t: errs.to_csv(t, index=False))
-        msg = f"{len(errs)} of {len(df)} recording(s) could not be converted (listed in {out/'errors.csv'}); fix or remove " + \
-              "them, or pass skip_bad=True (--skip-bad) to keep the rest and go on. The first: " + ' | '.join(errs.error.head(3))
-        if not skip_bad: raise ConversionError(msg)
+        msg = bad_files_message(errs.path, errs.error, len(df), f"could not be converted (each with its reason in {out/'errors.csv'})")
+        if not skip_bad: raise with_hints(ConversionError(msg), skip_bad="Or pass --skip-bad to keep the others and go on.")
         warnings.warn(msg)
     elif (out/'errors.csv').exists(): (out/'errors.csv').unlink()
     return man
@@ -243,6 +388,6 @@ def load_manifest(
     "Read `<out>/manifest.csv`. Raises `DatasetError` if there is none."
     out = Path(out)
     if not (out/'manifest.csv').exists(): raise DatasetError(f"{out/'manifest.csv'} not found: run `heartnb spectrograms` (or `spectrogram_images`) first.")
-    man = pd.read_csv(out/'manifest.csv', dtype={'patient':str, 'label':str, 'sublabel':str}, keep_default_na=False)
+    man = read_list(out/'manifest.csv', dtype={'patient':str, 'label':str, 'sublabel':str})
     man['png'] = [str(out/p) for p in man.png]
     return man

@@ -13,14 +13,17 @@ import matplotlib.pyplot as plt
 from fastcore.basics import store_attr
 from fastcore.foundation import L
 from fastai.vision.all import (vision_learner, accuracy, BalancedAccuracy, F1Score, Learner, valley, Callback,
-                               SaveModelCallback, CSVLogger, CrossEntropyLossFlat, get_random_states, set_random_states)
+                               SaveModelCallback, CSVLogger, CrossEntropyLossFlat, get_random_states, set_random_states,
+                               TerminateOnNaNCallback)
 from .data import HeartnbError
 from .spectrogram import atomic_write
+from .safety import with_hints
 from .backbones import (get_arch, imagenet_weights, pretrained_kwargs, load_body_weights, backbone_stats,
                                set_normalize, WeightsUnavailableError)
 
 # %% auto #0
-__all__ = ['class_loss_weights', 'heart_learner', 'find_lr', 'RandomStates', 'restore_checkpoint', 'train_heart']
+__all__ = ['class_loss_weights', 'StopOnNonFinite', 'heart_learner', 'find_lr', 'RandomStates', 'restore_checkpoint',
+           'train_heart']
 
 # %% ../nbs/03_train.ipynb #21a55bc9
 def class_loss_weights(
@@ -35,6 +38,14 @@ def class_loss_weights(
     return torch.tensor(w, dtype=torch.float32)
 
 # %% ../nbs/03_train.ipynb #9e158677
+class StopOnNonFinite(TerminateOnNaNCallback):
+    "fastai's `TerminateOnNaNCallback` made an error: a NaN or infinite training loss stops the run with `NonFiniteError` (lr_find's own divergence test excepted)."
+    def after_batch(self):
+        if hasattr(self.learn, 'lr_finder') or torch.isfinite(self.loss).all(): return
+        from heartnb.predict import NonFiniteError
+        raise with_hints(NonFiniteError(f"the training loss became {float(self.loss)} (epoch {self.epoch}, batch {self.iter}): the training diverged, "
+                                        "and nothing was exported."), lr="Train again with a lower --lr.")
+
 def heart_learner(
     dls,                    # DataLoaders from `heart_dls` or `audio_dls`
     arch='resnet34',        # torchvision function or name, or timm name (`get_arch`)
@@ -64,6 +75,7 @@ def heart_learner(
     else: learn,rec,stats = vision_learner(dls, f, pretrained=False, **kw),dict(weights='none'),None
     if stats: set_normalize(dls, *stats)
     learn.heartnb_pretrained = rec
+    learn.add_cb(StopOnNonFinite())        # NaN never trains on quietly (and is never exported)
     if fp16 is None: fp16 = dls.device is not None and torch.device(dls.device).type == 'cuda'
     return learn.to_fp16() if fp16 else learn
 
@@ -106,14 +118,20 @@ def restore_checkpoint(
     "Load the last checkpoint (weights, optimizer) and random states into `learn`. Raises `HeartnbError` for a damaged folder."
     folder = Path(folder)
     if not (folder/'state.pt').exists(): return {}
-    st = torch.load(folder/'state.pt', weights_only=False)   # our own file, written by `RandomStates`
-    fn = folder/f"{st['stage']}_{st['epoch']}.pth"
+    try:
+        st = torch.load(folder/'state.pt', weights_only=False)   # our own file, written by `RandomStates`
+        fn = folder/f"{st['stage']}_{st['epoch']}.pth"
+    except Exception as e: raise HeartnbError(f"{folder/'state.pt'} is damaged ({type(e).__name__}: {str(e)[:200]}): delete {folder} and train again without --resume.") from None
     if not fn.exists(): raise HeartnbError(f"{fn} (named in {folder/'state.pt'}) is missing: delete {folder} and train again without --resume.")
     if st['stage'] == 'unfrozen': learn.unfreeze()
     else: learn.freeze()                                       # (both clear the optimizer state: load it after)
-    learn.load(fn.with_suffix(''), with_opt=True)
-    set_random_states(**st['random'])
-    for dl,s in zip(learn.dls.loaders, st['dls']): dl.rng.setstate(s)
+    try:
+        learn.load(fn.with_suffix(''), with_opt=True)
+        set_random_states(**st['random'])
+        for dl,s in zip(learn.dls.loaders, st['dls']): dl.rng.setstate(s)
+    except Exception as e:
+        raise HeartnbError(f"{fn} (the checkpoint to resume from) is damaged ({type(e).__name__}: {str(e)[:200]}): "
+                           f"delete {folder} and train again without --resume.") from None
     return st
 
 def _history(folder:Path, stage:str)->pd.DataFrame:

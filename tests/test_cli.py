@@ -46,7 +46,7 @@ def test_train_writes_the_run_folder(trained):
 def test_predict_raw_wavs(trained, synth):
     val = pd.read_csv(trained/'predictions.csv')[:3]                   # what the trained learner said about 3 validation recordings
     wavs = val.path.tolist()
-    r = run('predict', trained/'model.pkl', *wavs, '--json')
+    r = run('predict', trained/'model.pkl', *wavs, '--json', '--trust-pickle')
     assert r.returncode == 0, r.stderr
     res = json.loads(r.stdout)
     assert [r['file'] for r in res] == wavs
@@ -54,12 +54,12 @@ def test_predict_raw_wavs(trained, synth):
         assert set(r['probabilities']) == {'extrastole','murmur','normal'} and r['label'] == v.predicted
         np.testing.assert_allclose([r['probabilities'][c] for c in ('extrastole','murmur','normal')],
                                    v[['extrastole','murmur','normal']].to_numpy(float), atol=1e-4)
-    rc,txt = run_cli('predict', trained/'model.pkl', wavs[0])
+    rc,txt = run_cli('predict', trained/'model.pkl', wavs[0], '--trust-pickle')
     assert rc == 0 and wavs[0].name in txt
 
 def test_safe_model_predicts_as_the_pickle(trained, synth):
     wavs = sorted((synth/'set_b').glob('extrastole__*.wav'))[:3]
-    a,b,c = (run('predict', m, *wavs, '--json') for m in (trained/'model.pkl', trained/'model.safetensors', trained))
+    a,b,c = (run('predict', m, *wavs, '--json', '--trust-pickle') for m in (trained/'model.pkl', trained/'model.safetensors', trained))
     for r in (a,b,c): assert r.returncode == 0, r.stderr
     for x,y,z in zip(*(json.loads(r.stdout) for r in (a,b,c))):
         assert x['label'] == y['label'] == z['label']
@@ -170,12 +170,14 @@ def test_bad_wavs_name_the_file(trained, synth, tmp_path, name, content, msg):
 
 def test_bad_wav_at_predict(trained, tmp_path):
     bad = tmp_path/'bad.wav'; bad.write_bytes(b'RIFF\x00\x00')
-    rc,txt = run_cli('predict', trained/'model.pkl', bad)
+    rc,txt = run_cli('predict', trained/'model.pkl', bad, '--trust-pickle')
     assert rc == 1 and 'bad.wav' in txt and 'Traceback' not in txt
 
-def test_silent_wav_gives_a_defined_image(tmp_path):
+def test_silent_wav_is_unusable_but_its_image_defined(tmp_path):
+    from heartnb.spectrogram import UnusableRecording, load_audio, melspec_db, spec_image
     sf.write(tmp_path/'silent.wav', np.zeros(8000, np.float32), 4000, subtype='PCM_16')
-    img = wav2image(tmp_path/'silent.wav', size=64)
+    with pytest.raises(UnusableRecording, match='unusable recording: silent'): wav2image(tmp_path/'silent.wav', size=64)
+    img = spec_image(melspec_db(load_audio(tmp_path/'silent.wav', usable=False)[0]), size=64)
     assert img.shape == (64,64) and img.dtype == np.uint8 and (img == 0).all()   # silence is the -top_db floor: black
 
 def test_conversion_resumes_after_a_kill(tmp_path):
@@ -208,7 +210,7 @@ def test_real_data_smoke(tmp_path):
     assert np.array(m['confusion_matrix']).sum() == m['n_valid'] and 0 <= m['accuracy'] <= 1
     man = pd.read_csv(out/'spectrograms'/'manifest.csv')
     wav = man.path[0]
-    r = run('predict', out/'model.pkl', wav, '--json')
+    r = run('predict', out/'model.pkl', wav, '--json', '--trust-pickle')
     assert r.returncode == 0, r.stderr
     res = json.loads(r.stdout)
     assert res[0]['file'] == wav and res[0]['label'] in m['classes']
