@@ -55,7 +55,7 @@ def test_predict_raw_wavs(trained, synth):
         np.testing.assert_allclose([r['probabilities'][c] for c in ('extrastole','murmur','normal')],
                                    v[['extrastole','murmur','normal']].to_numpy(float), atol=1e-4)
     rc,txt = run_cli('predict', trained/'model.pkl', wavs[0], '--trust-pickle')
-    assert rc == 0 and wavs[0].name in txt
+    assert rc == 0 and Path(wavs[0]).name in txt
 
 def test_safe_model_predicts_as_the_pickle(trained, synth):
     wavs = sorted((synth/'set_b').glob('extrastole__*.wav'))[:3]
