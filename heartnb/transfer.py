@@ -32,21 +32,28 @@ def _ms(d:dict, k:str, nd:int=3)->str: return f"{d[k]['mean']:.{nd}f} ± {d[k]['
 def cv_table(
     folders:dict,  # {row name: `heartnb cv` output folder}; folders without `cv.json` are left out
 )->pd.DataFrame:   # one row per run
-    "The cross-validation results of several runs side by side (mean ± std over folds), with what each started from."
+    "The cross-validation results of several runs side by side (mean ± std over folds), with what each started from; an unfinished run shows the folds it finished, and says how many."
+    from heartnb.evaluate import summarize_reports
     rows = []
     for name,d in folders.items():
         d = Path(d)
-        if not (d/'cv.json').exists(): continue
-        r = json.loads((d/'cv.json').read_text()); s,su,b = r['settings'],r['summary'],r['baseline']
+        if (d/'cv.json').exists():
+            r = json.loads((d/'cv.json').read_text()); s,su,b,folds = r['settings'],r['summary'],r['baseline'],r['folds']
+            classes = r['pooled']['classes']
+        else:                                     # an unfinished run: the folds it finished, and says so
+            folds = [json.loads(f.read_text()) for f in sorted(d.glob('fold*/metrics.json'))]
+            if not folds or not (d/'settings.json').exists(): continue
+            s,su,b,classes = json.loads((d/'settings.json').read_text()),summarize_reports(folds),None,folds[0]['classes']
+            name = f"{name} ({len(folds)} of {s['k']} folds)"
         meta = json.loads((d/'fold0'/'model.json').read_text())
-        secs = [f['seconds'] for f in r['folds']]
+        secs = [f['seconds'] for f in folds]
         n_ep = s['freeze_epochs'] + s['epochs']
         per_epoch = sum(x.get('fit_frozen', 0) + x.get('fit_unfrozen', 0) for x in secs)/len(secs)/max(n_ep, 1)
         rows.append({'run': name, 'set': s.get('subset') or s.get('dataset'), 'input': s.get('input', 'png'),
                      'arch': s['arch'], 'weights': weights_label(meta.get('pretrained')),
                      'accuracy': _ms(su, 'accuracy'), 'balanced acc.': _ms(su, 'balanced_accuracy'), 'macro-F1': _ms(su, 'macro_f1'),
-                     **{f'recall {c}': _ms(su, f'recall/{c}', 2) for c in r['pooled']['classes']},
-                     'baseline acc./bal./F1': f"{b['accuracy']:.3f} / {b['balanced_accuracy']:.3f} / {b['macro_f1']:.3f}",
+                     **{f'recall {c}': _ms(su, f'recall/{c}', 2) for c in classes},
+                     'baseline acc./bal./F1': f"{b['accuracy']:.3f} / {b['balanced_accuracy']:.3f} / {b['macro_f1']:.3f}" if b else '–',
                      's/epoch': round(per_epoch, 1), 'macro_f1_mean': su['macro_f1']['mean'], 'macro_f1_std': su['macro_f1']['std']})
     return pd.DataFrame(rows)
 
