@@ -296,13 +296,6 @@ def _own_png(out:Path, rel:str)->Path|None:
     top = os.path.abspath(out)
     return p if rel.endswith('.png') and os.path.commonpath([top, os.path.abspath(p)]) == top else None
 
-_single_threaded = False
-def _one_thread():
-    "In a worker process, keep BLAS/OpenMP to one thread: n workers × n BLAS threads on n cores only contend"
-    global _single_threaded
-    if not _single_threaded:
-        from threadpoolctl import threadpool_limits
-        threadpool_limits(1); _single_threaded = True
 
 def _convert_one(item, out:Path=None, cfg:SpecConfig=None, size:int=512, force:bool=False, worker:bool=False, png_level:int=1, key:str=''):
     "Convert one (wav, png, cache record) triple; returns 'done', 'skipped' or the error message"
