@@ -7,13 +7,16 @@ Docs: https://heartnb.github.io/heartnb/data.html.md"""
 # %% ../nbs/00_data.ipynb #c57e4292
 from __future__ import annotations
 import os, re, warnings
-import numpy as np, pandas as pd, soundfile as sf
+import numpy as np, soundfile as sf, lazy_loader as lazy
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['SUBSETS', 'NOISY_SUBLABELS', 'DATA_ENV', 'INDEX_COLS', 'PHYSIONET_LABELS', 'AUDIO_EXTS', 'DATASETS', 'HeartnbError',
-           'DatasetError', 'data_path', 'disk_name', 'patient_id', 'DuplicateWarning', 'read_list', 'check_rows',
-           'index_pascal', 'index_physionet2016', 'index_folder', 'index_csv', 'index_dataset']
+__all__ = ['pd', 'SUBSETS', 'NOISY_SUBLABELS', 'DATA_ENV', 'INDEX_COLS', 'PHYSIONET_LABELS', 'AUDIO_EXTS', 'DATASETS',
+           'HeartnbError', 'DatasetError', 'data_path', 'disk_name', 'patient_id', 'DuplicateWarning', 'read_list',
+           'check_rows', 'index_pascal', 'index_physionet2016', 'index_folder', 'index_csv', 'index_dataset']
+
+# %% ../nbs/00_data.ipynb #f62b067b
+pd = lazy.load('pandas')  # imported on first use, not by `import heartnb.data` (classifying a recording never needs it)
 
 # %% ../nbs/00_data.ipynb #09bd794a
 class HeartnbError(Exception):

@@ -1,4 +1,4 @@
-"""WAV → mono waveform at a common sample rate → mel power spectrogram (librosa) → dB → 8-bit `size×size` PNG, one folder per class.
+"""WAV → mono waveform at a common sample rate → mel power spectrogram (librosa's, in numpy) → dB → 8-bit `size×size` PNG, one folder per class.
 
 Docs: https://heartnb.github.io/heartnb/spectrogram.html.md"""
 
@@ -10,17 +10,20 @@ import io, os, json, tempfile, warnings, hashlib, errno
 from dataclasses import dataclass, asdict
 from functools import lru_cache
 from pathlib import Path
-import numpy as np, pandas as pd, soundfile as sf, librosa
+import numpy as np, soundfile as sf, soxr, lazy_loader as lazy
 from PIL import Image
 from fastcore.parallel import parallel
 from .data import HeartnbError, DatasetError, read_list
 from .safety import writes, disk_full, with_hints, MIN_SECONDS, MAX_SECONDS
 
 # %% auto #0
-__all__ = ['PRESETS', 'MIN_SR', 'MAX_SR', 'MAX_CHANNELS', 'MAX_SAMPLES', 'MIN_RMS', 'CACHE', 'SpecConfig', 'spec_config',
-           'AudioError', 'UnusableRecording', 'load_audio', 'mel_basis', 'melspec_db', 'spec_image', 'wav2image',
-           'ConversionError', 'atomic_write', 'png_bytes', 'save_png', 'png_name', 'png_names', 'bad_files_message',
-           'check_recordings', 'spectrogram_images', 'load_manifest']
+__all__ = ['pd', 'PRESETS', 'MIN_SR', 'MAX_SR', 'MAX_CHANNELS', 'MAX_SAMPLES', 'MIN_RMS', 'CACHE', 'SpecConfig', 'spec_config',
+           'AudioError', 'UnusableRecording', 'load_audio', 'stft_power', 'mel_basis', 'power_to_db', 'melspec_db',
+           'spec_image', 'wav2image', 'ConversionError', 'atomic_write', 'png_bytes', 'save_png', 'png_name',
+           'png_names', 'bad_files_message', 'check_recordings', 'spectrogram_images', 'load_manifest']
+
+# %% ../nbs/01_spectrogram.ipynb #163ed559
+pd = lazy.load('pandas')  # imported on first use: classifying a recording (`heartnb predict`) never needs pandas
 
 # %% ../nbs/01_spectrogram.ipynb #05899e81
 @dataclass(frozen=True)
@@ -113,21 +116,74 @@ def load_audio(
         if (rms := float(np.sqrt(np.mean((y.astype(np.float64) - y.mean())**2)))) < MIN_RMS:
             raise UnusableRecording(path, f"silent (RMS {rms:.2g} around its mean, below {MIN_RMS:g}, i.e. -100 dB full scale: all zero or a constant). "
                                           "Check the recording device, or remove it.")
-    if sr and file_sr != sr:  # to exactly ceil(n*sr/file_sr) samples (librosa's float ratio can give one more)
+    if sr and file_sr != sr:  # soxr 'HQ' (librosa's `res_type='soxr_hq'`), to exactly ceil(n*sr/file_sr) samples
         n = int(-(-len(y)*sr // file_sr))
-        y = librosa.util.fix_length(librosa.resample(y, orig_sr=file_sr, target_sr=sr, res_type='soxr_hq'), size=n)
+        y = soxr.resample(y, file_sr, sr, quality='HQ')[:n]
+        y = np.pad(y, (0, n - len(y)))
     return y.astype(np.float32), (sr or file_sr)
 
-# %% ../nbs/01_spectrogram.ipynb #8ccbe2a6
+# %% ../nbs/01_spectrogram.ipynb #48c35a19
+def _hann(n:int)->np.ndarray:
+    "The periodic Hann window of `n` samples, computed as scipy's `get_window('hann', n, fftbins=True)` does (the same float64 values)"
+    fac = np.linspace(-np.pi, np.pi, n+1)
+    return (0.5 + 0.5*np.cos(fac))[:-1]
+
+def stft_power(
+    y:np.ndarray,     # float32 waveform, shape (n_samples,)
+    n_fft:int,        # FFT window, samples
+    hop_length:int,   # hop between frames, samples
+)->np.ndarray:        # float32 power, shape (1 + n_fft//2, 1 + n_samples//hop_length) for n_samples >= n_fft//2
+    "|STFT|², frames centred on every `hop_length`-th sample with zeros beyond the ends: librosa's `stft(center=True, pad_mode='constant')`, bit for bit."
+    yp = np.pad(y, n_fft//2)
+    frames = np.lib.stride_tricks.sliding_window_view(yp, n_fft)[::hop_length].T       # (n_fft, n_frames), a view
+    X = np.fft.rfft(_hann(n_fft)[:,None]*frames, axis=0).astype(np.complex64)         # float64 FFT, complex64 result, as librosa
+    return np.abs(X)**2
+
+# %% ../nbs/01_spectrogram.ipynb #c40ab3fe
+_F_SP,_MIN_LOG_HZ = 200.0/3, 1000.0                       # Slaney's scale: 200/3 Hz per mel, logarithmic above 1 kHz
+_MIN_LOG_MEL,_LOGSTEP = _MIN_LOG_HZ/_F_SP, np.log(6.4)/27.0   # (the constants as librosa computes them)
+
+def _hz_to_mel(f:np.ndarray)->np.ndarray:
+    "Slaney's mel scale (librosa's default, `htk=False`): linear below 1 kHz, logarithmic above"
+    f = np.asarray(f, dtype=np.float64)
+    with np.errstate(divide='ignore'): return np.where(f >= _MIN_LOG_HZ, _MIN_LOG_MEL + np.log(f/_MIN_LOG_HZ)/_LOGSTEP, f/_F_SP)
+
+def _mel_to_hz(m:np.ndarray)->np.ndarray:
+    "The inverse of `_hz_to_mel`"
+    m = np.asarray(m, dtype=np.float64)
+    return np.where(m >= _MIN_LOG_MEL, _MIN_LOG_HZ*np.exp(_LOGSTEP*(m - _MIN_LOG_MEL)), _F_SP*m)
+
 _AMIN = 1e-10  # power below which a signal counts as silence (librosa's `amin`)
 
 @lru_cache(maxsize=16)
 def mel_basis(sr:int, n_fft:int, n_mels:int, fmin:float, fmax:float)->np.ndarray:
-    "librosa's (Slaney) mel filter bank, shape (n_mels, 1 + n_fft//2), cached per setting. A band too narrow for the FFT is empty (zeros, and librosa warns)."
-    with np.errstate(divide='ignore', invalid='ignore'):  # bands narrower than float precision: 0/0 in librosa
-        m = librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax)
-    return np.nan_to_num(m, nan=0., posinf=0., neginf=0.)
+    """The Slaney mel filter bank, float32 of shape (n_mels, 1 + n_fft//2): triangles between `n_mels`+2 frequencies
+    evenly spaced in mel from `fmin` to `fmax` Hz, each scaled to unit area ('slaney' norm); librosa's `filters.mel`
+    (Slaney 1998, Auditory Toolbox), equal to it bit for bit. Cached per setting. A band too narrow for the FFT's
+    resolution is empty (zeros, with a warning, as librosa)."""
+    fftfreqs = np.fft.rfftfreq(n=n_fft, d=1.0/sr)
+    mel_f = _mel_to_hz(np.linspace(_hz_to_mel(fmin), _hz_to_mel(fmax), n_mels + 2))
+    fdiff,ramps = np.diff(mel_f),np.subtract.outer(mel_f, fftfreqs)
+    weights = np.zeros((n_mels, 1 + n_fft//2), dtype=np.float32)
+    with np.errstate(divide='ignore', invalid='ignore'):  # bands narrower than float precision: 0/0, as in librosa
+        for i in range(n_mels): weights[i] = np.maximum(0, np.minimum(-ramps[i]/fdiff[i], ramps[i+2]/fdiff[i+1]))
+        weights *= (2.0/(mel_f[2:n_mels+2] - mel_f[:n_mels]))[:, None]
+    weights = np.nan_to_num(weights, nan=0., posinf=0., neginf=0.)
+    if not np.all((mel_f[:-2] == 0) | (weights.max(axis=1) > 0)):
+        warnings.warn(f"empty mel bands: n_mels={n_mels} is too many for n_fft={n_fft} at {sr} Hz between {fmin} and {fmax} Hz; some bands get no FFT bin")
+    return weights
 
+# %% ../nbs/01_spectrogram.ipynb #554b9499
+def power_to_db(
+    S:np.ndarray,      # power spectrogram, non-negative
+    top_db:float=80.,  # dynamic range kept below the peak, dB
+)->np.ndarray:         # 10·log10(S / max(S)), clipped at -top_db
+    "Power in dB relative to the peak, floored at `-top_db`: librosa's `power_to_db(S, ref=np.max, amin=1e-10, top_db=top_db)`, bit for bit."
+    db = 10.0*np.log10(np.maximum(_AMIN, S))
+    db -= 10.0*np.log10(np.maximum(_AMIN, np.max(S)))
+    return np.maximum(db, db.max() - top_db)
+
+# %% ../nbs/01_spectrogram.ipynb #7ed0a53b
 def melspec_db(
     y:np.ndarray,                # mono waveform, shape (n_samples,), finite; at sample rate `cfg.sr`
     cfg:SpecConfig=SpecConfig(), # spectrogram settings
@@ -145,11 +201,10 @@ def melspec_db(
     y = y.astype(np.float32, copy=False)
     n = len(y)
     y = np.pad(y, (0, max(cfg.n_fft, n+1) - n))  # zeros, as the centred frames' own padding: frames up to sample n exist for any n_fft
-    S = np.abs(librosa.stft(y, n_fft=cfg.n_fft, hop_length=cfg.hop_length, center=True, pad_mode='constant'))**2
-    S = mel_basis(cfg.sr, cfg.n_fft, cfg.n_mels, cfg.fmin, cfg.fmax) @ S
+    S = mel_basis(cfg.sr, cfg.n_fft, cfg.n_mels, cfg.fmin, cfg.fmax) @ stft_power(y, cfg.n_fft, cfg.hop_length)
     S = S[:, :1 + n//cfg.hop_length]
     if S.max() <= _AMIN: return np.full(S.shape, -cfg.top_db, dtype=np.float32)
-    return librosa.power_to_db(S, ref=np.max, amin=_AMIN, top_db=cfg.top_db).astype(np.float32)
+    return power_to_db(S, cfg.top_db).astype(np.float32)
 
 # %% ../nbs/01_spectrogram.ipynb #16b2ad2b
 def spec_image(
