@@ -7,16 +7,26 @@ Docs: https://heartnb.github.io/heartnb/data.html.md"""
 # %% ../nbs/00_data.ipynb #c57e4292
 from __future__ import annotations
 import os, re, warnings
-import numpy as np, soundfile as sf, lazy_loader as lazy
+import importlib
+import numpy as np, soundfile as sf
 from pathlib import Path
 
 # %% auto #0
 __all__ = ['pd', 'SUBSETS', 'NOISY_SUBLABELS', 'DATA_ENV', 'INDEX_COLS', 'PHYSIONET_LABELS', 'AUDIO_EXTS', 'DATASETS',
-           'HeartnbError', 'DatasetError', 'data_path', 'disk_name', 'patient_id', 'DuplicateWarning', 'read_list',
-           'check_rows', 'index_pascal', 'index_physionet2016', 'index_folder', 'index_csv', 'index_dataset']
+           'LazyModule', 'HeartnbError', 'DatasetError', 'data_path', 'disk_name', 'patient_id', 'DuplicateWarning',
+           'read_list', 'check_rows', 'index_pascal', 'index_physionet2016', 'index_folder', 'index_csv',
+           'index_dataset']
 
 # %% ../nbs/00_data.ipynb #f62b067b
-pd = lazy.load('pandas')  # imported on first use, not by `import heartnb.data` (classifying a recording never needs it)
+class LazyModule:
+    """A module imported on first attribute access (`pd.DataFrame`), not when the importing module is: pandas takes
+    longer to import than classifying a recording, which never needs it. (Not registered in `sys.modules`, so nothing
+    that walks the loaded modules, e.g. `inspect.getmodule`, imports it by accident.)"""
+    def __init__(self, name:str): self._name = name
+    def __getattr__(self, k): return getattr(importlib.import_module(self._name), k)
+    def __repr__(self): return f"LazyModule({self._name!r})"
+
+pd = LazyModule('pandas')
 
 # %% ../nbs/00_data.ipynb #09bd794a
 class HeartnbError(Exception):

@@ -11,13 +11,12 @@ __all__ = ['pd', 'recipe', 'stratified_sample', 'prepare_items', 'fit_recipe', '
 import json, shutil, time, platform
 from pathlib import Path
 from typing import Annotated
-import lazy_loader as lazy
 from fastcore.meta import delegates
-from .data import HeartnbError, index_dataset, data_path
+from .data import HeartnbError, index_dataset, data_path, LazyModule
 from .safety import writes, check_options, OPTION_RULES
 
 # %% ../nbs/06_jobs.ipynb #b49136c3
-pd = lazy.load('pandas')  # imported on first use (`heartnb predict` loads this module for its command line, not pandas)
+pd = LazyModule('pandas')  # imported on first use (`heartnb predict` loads this module for its command line, not pandas)
 
 # %% ../nbs/06_jobs.ipynb #ad4ea422
 def recipe(

@@ -6,20 +6,17 @@ Docs: https://heartnb.github.io/heartnb/predict.html.md"""
 
 # %% ../nbs/05_predict.ipynb #77a2e23b
 from __future__ import annotations
-import json, math
+import sys, json, math
 from pathlib import Path
 import numpy as np, torch
-from fastai.vision.all import load_learner, Learner, Normalize, imagenet_stats
 from .data import HeartnbError
 from .spectrogram import spec_config, wav2image, SpecConfig, atomic_write, load_audio, AudioError, UnusableRecording, bad_files_message
 from .safety import with_hints
-from .dataloaders import loader_workers, SpecImage
-from .backbones import arch_name
 
 # %% auto #0
 __all__ = ['SAFE_FORMAT', 'SAFE_ARCHS', 'model_inputs', 'NonFiniteError', 'check_finite', 'export_model', 'load_model',
            'UnsafeModelError', 'export_safe', 'tta_shifts', 'SafeModel', 'Ensemble', 'safe_pair', 'check_model_meta',
-           'load_safe', 'open_model', 'as_predictor', 'wav_images', 'predict_probs', 'predict_wavs']
+           'build_model', 'load_safe', 'open_model', 'as_predictor', 'wav_images', 'predict_probs', 'predict_wavs']
 
 # %% ../nbs/05_predict.ipynb #71560752
 def model_inputs(
@@ -27,6 +24,7 @@ def model_inputs(
 )->dict:           # `spectrogram` (`SpecConfig`), image `size`, and `audio`: None, or {'duration', 'channels'} for a model trained on audio
     "What `learn`'s model reads, found in the transforms of its DataLoaders. Raises `HeartnbError` for a learner heartnb did not make."
     from heartnb.audio.core import AudioToSpec, CropPad
+    from heartnb.dataloaders import SpecImage
     dls = learn.dls
     tfms = [*dls.train_ds.tls[0].tfms.fs, *dls.train.after_item.fs, *dls.train.after_batch.fs]
     def find(cls): return next((t for t in tfms if isinstance(t, cls)), None)
@@ -70,6 +68,8 @@ def load_model(fname, cpu:bool=True)->Learner:
     """Load a model written by `export_model` (fastai's `load_learner`): a pickle, which can run any code it holds, so call
     this only on files you made yourself (`open_model` asks for `trust_pickle=True`). Raises `HeartnbError` if the file
     is missing, not a heartnb export, or holds non-finite weights."""
+    from fastai.learner import load_learner
+    from heartnb.dataloaders import loader_workers
     fname = Path(fname)
     if not fname.exists(): raise HeartnbError(f"model file {fname} not found: train one with `heartnb train` (it writes RUN_DIR/model.pkl).")
     try: learn = load_learner(fname, cpu=cpu)
@@ -86,6 +86,7 @@ class UnsafeModelError(HeartnbError, ValueError):
 
 def _norm_stats(learn):
     "mean and std of the `Normalize` batch transform of `learn.dls`, as lists (ImageNet's if there is none)"
+    from fastai.vision.all import Normalize, imagenet_stats
     for t in learn.dls.after_batch.fs:
         if isinstance(t, Normalize): return t.mean.flatten().tolist(), t.std.flatten().tolist()
     return list(imagenet_stats[0]), list(imagenet_stats[1])
@@ -96,6 +97,7 @@ def export_safe(
 )->Path:            # `fname`
     "Write `learn`'s weights as safetensors and a JSON description beside them: a model file that cannot run code when loaded."
     from safetensors.torch import save_file
+    from heartnb.backbones import arch_name
     fname = Path(fname)
     if fname.suffix != '.safetensors': raise ValueError(f"{fname}: the weights file must end in .safetensors")
     mean,std = _norm_stats(learn)
@@ -129,7 +131,7 @@ class SafeModel:
         self.mean = torch.tensor(meta['normalize']['mean']).view(1,-1,1,1)
         self.std = torch.tensor(meta['normalize']['std']).view(1,-1,1,1)
         if self.audio:
-            from heartnb.audio.core import MelSpecImage
+            from heartnb.audio.front import MelSpecImage
             self.front = MelSpecImage(SpecConfig(**meta['spectrogram']), meta['size'], self.audio['channels'])
 
     @classmethod
@@ -241,13 +243,26 @@ def check_model_meta(
              'audio', 'duration 0.5 to 60 s, channels = n_in')
     return meta
 
+def build_model(
+    arch:str,    # an architecture of `SAFE_ARCHS`
+    n_out:int,   # classes
+    n_in:int=3,  # input channels
+)->torch.nn.Module:
+    """The network of a saved model, without weights: from `heartnb.nets` (torch alone, built on the meta device, so
+    nothing is initialised) for `LIGHT_ARCHS`, else fastai's `create_heart_model` (which imports fastai and timm or
+    torchvision). Load weights with `load_state_dict(..., assign=True)`."""
+    from heartnb.nets import light_model
+    with torch.device('meta'): model = light_model(arch, n_out, n_in)
+    if model is not None: return model
+    from heartnb.backbones import create_heart_model
+    return create_heart_model(arch, n_out, n_in=n_in)
+
 def load_safe(
     fname, # `*.safetensors` written by `export_safe` (its `.json` beside it), or that `.json`, or a run folder
 )->SafeModel:
     "Load a model without pickle. Raises `UnsafeModelError` for a pickle or other non-safetensors file, `HeartnbError` for a missing or inconsistent pair."
     from safetensors import SafetensorError
     from safetensors.torch import load_file
-    from heartnb.backbones import create_heart_model
     fname,meta_fn = safe_pair(fname)
     _check_safetensors(fname)
     try: meta = json.loads(meta_fn.read_text())
@@ -258,8 +273,8 @@ def load_safe(
     try:
         SpecConfig(**meta['spectrogram'])
         sd = check_finite(load_file(fname), fname)
-        model = create_heart_model(meta['arch'], len(meta['classes']), n_in=meta['n_in'])
-        model.load_state_dict(sd, strict=True)
+        model = build_model(meta['arch'], len(meta['classes']), meta['n_in'])
+        model.load_state_dict(sd, strict=True, assign=True)
         return SafeModel(model, meta)
     except NonFiniteError: raise
     except (KeyError, TypeError, ValueError, RuntimeError, SafetensorError, HeartnbError) as e:
@@ -283,11 +298,15 @@ def open_model(
         return Ensemble([load_safe(f) for f in folds])
     return load_safe(fname)
 
+def _is_learner(x)->bool:
+    "Is `x` a fastai `Learner`? (without importing fastai: if it is not imported, nothing can be one)"
+    return 'fastai.learner' in sys.modules and isinstance(x, sys.modules['fastai.learner'].Learner)
+
 def as_predictor(
     model, # a `SafeModel`, an `Ensemble`, or a `Learner` (trained, or from `load_model`)
 )->'SafeModel|Ensemble':
     "`model` itself, or for a `Learner` the `SafeModel` that predicts through the same steps (`SafeModel.from_learner`)."
-    return SafeModel.from_learner(model) if isinstance(model, Learner) else model
+    return SafeModel.from_learner(model) if _is_learner(model) else model
 
 def wav_images(
     model,          # a `SafeModel`, `Ensemble` or `Learner` (for its spectrogram settings)
@@ -300,7 +319,7 @@ def wav_images(
     spec = dict(pm.heartnb_spec); size = spec.pop('size')
     cfg = SpecConfig(**spec)
     if pm.audio:
-        from heartnb.audio.core import crop_pad, clip_starts
+        from heartnb.audio.front import crop_pad, clip_starts
         y,_ = load_audio(wav, cfg.sr); y,n = torch.from_numpy(y),round(pm.audio['duration']*cfg.sr)
         return [crop_pad(y, n, s).numpy() for s in clip_starts(len(y), n)]
     return [wav2image(wav, cfg, size)]

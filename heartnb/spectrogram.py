@@ -10,10 +10,10 @@ import io, os, json, tempfile, warnings, hashlib, errno
 from dataclasses import dataclass, asdict
 from functools import lru_cache
 from pathlib import Path
-import numpy as np, soundfile as sf, soxr, lazy_loader as lazy
+import numpy as np, soundfile as sf, soxr
 from PIL import Image
 from fastcore.parallel import parallel
-from .data import HeartnbError, DatasetError, read_list
+from .data import HeartnbError, DatasetError, read_list, LazyModule
 from .safety import writes, disk_full, with_hints, MIN_SECONDS, MAX_SECONDS
 
 # %% auto #0
@@ -23,7 +23,7 @@ __all__ = ['pd', 'PRESETS', 'MIN_SR', 'MAX_SR', 'MAX_CHANNELS', 'MAX_SAMPLES', '
            'png_names', 'bad_files_message', 'check_recordings', 'spectrogram_images', 'load_manifest']
 
 # %% ../nbs/01_spectrogram.ipynb #163ed559
-pd = lazy.load('pandas')  # imported on first use: classifying a recording (`heartnb predict`) never needs pandas
+pd = LazyModule('pandas')  # imported on first use: classifying a recording (`heartnb predict`) never needs pandas
 
 # %% ../nbs/01_spectrogram.ipynb #05899e81
 @dataclass(frozen=True)
