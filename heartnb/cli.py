@@ -14,6 +14,7 @@ from typing import Annotated
 from fastcore.meta import delegates
 from fastcore.script import call_parse, parse_cli, CliError
 from .data import HeartnbError, index_dataset, data_path
+from .progress import use_log_bars
 from .safety import check_options, cli_error, OPTION_RULES
 from .jobs import train_job, cv_job
 
@@ -148,5 +149,6 @@ def main():
     sys.argv[0] = f'heartnb {cmd}'
     f = COMMANDS[cmd].__wrapped__
     pargs,kwargs,_ = parse_cli(f, pos=None)
+    use_log_bars()   # fastai's progress: bars at a terminal, one line per epoch in a log
     try: f(*pargs, **kwargs)
     except CliError as e: sys.exit(f"heartnb {cmd}: {e}")

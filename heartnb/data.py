@@ -9,6 +9,7 @@ from __future__ import annotations
 import os, re, warnings
 import numpy as np, pandas as pd, soundfile as sf
 from pathlib import Path
+from .progress import show_progress
 
 # %% auto #0
 __all__ = ['SUBSETS', 'NOISY_SUBLABELS', 'DATA_ENV', 'INDEX_COLS', 'PHYSIONET_LABELS', 'AUDIO_EXTS', 'DATASETS', 'HeartnbError',
@@ -154,11 +155,14 @@ def check_rows(
 
 # %% ../nbs/00_data.ipynb #3b8a7990
 INDEX_COLS = ['path','fname','label','sublabel','dataset','patient','duration','sr']
+_PROGRESS_FROM = 1000   # recordings: an index this big shows its progress while it reads the headers (`show_progress`)
 
 def _finish(df:pd.DataFrame, audio_info:bool=True)->pd.DataFrame:
     "`df` with `duration` and `sr` read from each header (NaN if `audio_info` is False), `INDEX_COLS` in order"
     df = df.reset_index(drop=True)
-    if audio_info and len(df): df['duration'],df['sr'] = zip(*[_audio_info(Path(p)) for p in df.path])
+    if audio_info and len(df):
+        paths = show_progress(df.path, what='index: reading headers', unit='files', show=len(df) >= _PROGRESS_FROM)
+        df['duration'],df['sr'] = zip(*[_audio_info(Path(p)) for p in paths])
     else: df['duration'],df['sr'] = np.nan,np.nan
     return df[INDEX_COLS]
 
