@@ -90,7 +90,7 @@ def master_bar(gen, total=None, **kwargs):
 
 def progress_bar(gen, total=None, parent=None, **kwargs):
     "A bar of the kind its `parent` master bar makes; without a parent, fastprogress's `progress_bar` where someone watches, a silent bar otherwise."
-    if parent is not None: return parent.pcls(gen, total=total, parent=parent, **kwargs)
+    if parent is not None: return getattr(parent, 'pcls', ProgressBar)(gen, total=total, parent=parent, **kwargs)
     return (_fp_progress_bar if interactive() else ProgressBar)(gen, total=total, **kwargs)
 
 # %% ../nbs/00a_progress.ipynb #02445eec

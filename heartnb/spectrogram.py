@@ -281,12 +281,13 @@ def _journal(out:Path, rec:dict):
         raise
 
 def _read_journal(out:Path)->dict:
-    "The cache records of `out`, by PNG (the last line for a PNG wins; a line cut short by a kill is ignored)"
+    """The cache records of `out` by PNG, each kept as its JSON line (a third of the memory of a parsed dict): the last
+    line for a PNG wins, a line cut short by a kill is ignored. Read line by line: a journal grown by killed runs is never held whole."""
     recs = {}
     try:
-        with open(out/CACHE, errors='replace') as f:   # line by line: a journal grown by killed runs is never held whole
+        with open(out/CACHE, errors='replace') as f:
             for l in f:
-                try: r = json.loads(l); recs[str(r['png'])] = r
+                try: recs[str(json.loads(l)['png'])] = l.rstrip('\n')
                 except (ValueError, KeyError, TypeError): pass
     except OSError: pass
     return recs
@@ -299,8 +300,8 @@ def _own_png(out:Path, rel:str)->Path|None:
 
 
 def _convert_one(item, out:Path=None, cfg:SpecConfig=None, size:int=512, force:bool=False, worker:bool=False, png_level:int=1, key:str=''):
-    "Convert one (wav, png, cache record) triple; returns 'done', 'skipped' or the error message"
-    wav,rel,rec = Path(item[0]), item[1], item[2]
+    "Convert one (wav, png, cache record as its JSON line or None) triple; returns 'done', 'skipped' or the error message"
+    wav,rel,rec = Path(item[0]), item[1], json.loads(item[2]) if item[2] else None
     png = out/rel
     if worker: _one_thread()
     try:
@@ -377,9 +378,9 @@ def spectrogram_images(
     png_level = _png_level(png_level)   # now, not once per file in the workers
     settings = dict(cfg.to_dict(), size=size)
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
-    recs = _read_journal(out)
+    recs = _read_journal(out)                 # PNG → its record, a JSON line
     for rel,r in list(recs.items()):          # PNGs heartnb wrote with other settings: removed (and nothing else)
-        if r.get('key') != key:
+        if json.loads(r).get('key') != key:
             if (p := _own_png(out, rel)): p.unlink(missing_ok=True)
             del recs[rel]
     cfg_file = out/'spec_config.json'
@@ -392,9 +393,9 @@ def spectrogram_images(
     convert = partial(_convert_one, out=out, cfg=cfg, size=size, force=force, worker=n_workers>0, png_level=png_level, key=key)
     items = ((p, rel, recs.get(rel)) for p,rel in zip(df.path, pngs))   # made as the workers need them
     status = list(show_progress(_imap(convert, items, n_workers), total=len(df), what='spectrograms', unit='files', show=progress and len(df)>1))
-    recs = {rel: r for rel,r in _read_journal(out).items() if r.get('key') == key and (p := _own_png(out, rel)) and p.exists()}
+    recs = {rel: r for rel,r in _read_journal(out).items() if json.loads(r).get('key') == key and (p := _own_png(out, rel)) and p.exists()}
     def write_cache(t):
-        with open(t, 'w') as f: f.writelines(json.dumps(r) + '\n' for r in recs.values())
+        with open(t, 'w') as f: f.writelines(r + '\n' for r in recs.values())
     atomic_write(out/CACHE, write_cache)
     status = pd.Series(status, index=df.index)
     ok = status.isin(['done','skipped'])
