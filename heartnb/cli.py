@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated
 from fastcore.meta import delegates
 from fastcore.script import call_parse, parse_cli, CliError
-from .data import HeartnbError, index_dataset, data_path
+from .data import HeartnbError, index_dataset, data_path, LazyModule
 from .safety import check_options, cli_error, OPTION_RULES
 from .jobs import train_job, cv_job
 
@@ -74,15 +74,16 @@ def heartnb_spectrograms(
 @_cli
 def heartnb_predict(
     model:str,       # RUN_DIR/model.safetensors (safe, or the run folder) or RUN_DIR/model.pkl (a pickle: only files you trust)
-    *wavs:str,       # WAV recordings to classify
+    *wavs:str,       # WAV recordings to classify, or folders of them
     json:bool=False, # print a JSON list of {"file", "label", "probabilities"} (and "error" for a recording with no label)
     tta:int=0,       # test-time augmentation: also average over N time-shifted copies of each image
+    bs:int=16,       # images (or audio clips) per forward pass
     trust_pickle:bool=False, # load a model.pkl: a pickle runs any code it holds, so only for files you made yourself
 ):
-    "Classify WAV recordings with a trained model: the predicted class and the class probabilities."
-    if not wavs: raise CliError("error: give at least one WAV file")
-    from heartnb.predict import open_model, predict_wavs
-    res = predict_wavs(open_model(model, trust_pickle), list(wavs), tta=tta)
+    "Classify WAV recordings (or folders of them) with a trained model: the predicted class and the class probabilities."
+    if not wavs: raise CliError("error: give at least one WAV file or folder")
+    from heartnb.predict import open_model, predict_wavs, audio_files
+    res = predict_wavs(open_model(model, trust_pickle), audio_files(wavs), bs=bs, tta=tta)
     if json: print(jsonlib.dumps(res, indent=2))
     else:
         for r in res:
@@ -135,6 +136,8 @@ def heartnb_cv(
     print(f"wrote {Path(out)/'cv.json'}")
 
 # %% ../nbs/07_cli.ipynb #99e6c7ff
+_progress = LazyModule('heartnb.progress')   # fastprogress: not imported by `heartnb predict`
+
 COMMANDS = dict(train=heartnb_train, cv=heartnb_cv, evaluate=heartnb_evaluate, spectrograms=heartnb_spectrograms, predict=heartnb_predict)
 
 def main():
@@ -148,5 +151,6 @@ def main():
     sys.argv[0] = f'heartnb {cmd}'
     f = COMMANDS[cmd].__wrapped__
     pargs,kwargs,_ = parse_cli(f, pos=None)
+    if cmd != 'predict': _progress.use_log_bars()   # fastai's progress: bars at a terminal, one line per epoch in a log (predict has none)
     try: f(*pargs, **kwargs)
     except CliError as e: sys.exit(f"heartnb {cmd}: {e}")

@@ -12,10 +12,9 @@ import numpy as np, soundfile as sf
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['pd', 'SUBSETS', 'NOISY_SUBLABELS', 'DATA_ENV', 'INDEX_COLS', 'PHYSIONET_LABELS', 'AUDIO_EXTS', 'DATASETS',
-           'LazyModule', 'HeartnbError', 'DatasetError', 'data_path', 'disk_name', 'patient_id', 'DuplicateWarning',
-           'read_list', 'check_rows', 'index_pascal', 'index_physionet2016', 'index_folder', 'index_csv',
-           'index_dataset']
+__all__ = ['SUBSETS', 'NOISY_SUBLABELS', 'DATA_ENV', 'INDEX_COLS', 'PHYSIONET_LABELS', 'AUDIO_EXTS', 'DATASETS', 'LazyModule',
+           'HeartnbError', 'DatasetError', 'data_path', 'disk_name', 'patient_id', 'DuplicateWarning', 'read_list',
+           'check_rows', 'index_pascal', 'index_physionet2016', 'index_folder', 'index_csv', 'index_dataset']
 
 # %% ../nbs/00_data.ipynb #f62b067b
 class LazyModule:
@@ -26,7 +25,9 @@ class LazyModule:
     def __getattr__(self, k): return getattr(importlib.import_module(self._name), k)
     def __repr__(self): return f"LazyModule({self._name!r})"
 
+# %% ../nbs/00_data.ipynb #7887f27c
 pd = LazyModule('pandas')
+_progress = LazyModule('heartnb.progress')   # fastprogress, for an index of thousands of recordings
 
 # %% ../nbs/00_data.ipynb #09bd794a
 class HeartnbError(Exception):
@@ -167,11 +168,14 @@ def check_rows(
 
 # %% ../nbs/00_data.ipynb #3b8a7990
 INDEX_COLS = ['path','fname','label','sublabel','dataset','patient','duration','sr']
+_PROGRESS_FROM = 1000   # recordings: an index this big shows its progress while it reads the headers (`show_progress`)
 
 def _finish(df:pd.DataFrame, audio_info:bool=True)->pd.DataFrame:
     "`df` with `duration` and `sr` read from each header (NaN if `audio_info` is False), `INDEX_COLS` in order"
     df = df.reset_index(drop=True)
-    if audio_info and len(df): df['duration'],df['sr'] = zip(*[_audio_info(Path(p)) for p in df.path])
+    if audio_info and len(df):
+        paths = _progress.show_progress(df.path, what='index: reading headers', unit='files', show=len(df) >= _PROGRESS_FROM)
+        df['duration'],df['sr'] = zip(*[_audio_info(Path(p)) for p in paths])
     else: df['duration'],df['sr'] = np.nan,np.nan
     return df[INDEX_COLS]
 

@@ -9,14 +9,15 @@ from __future__ import annotations
 import sys, json, math
 from pathlib import Path
 import numpy as np, torch
-from .data import HeartnbError
+from .data import HeartnbError, AUDIO_EXTS
 from .spectrogram import spec_config, wav2image, SpecConfig, atomic_write, load_audio, AudioError, UnusableRecording, bad_files_message
 from .safety import with_hints
 
 # %% auto #0
 __all__ = ['SAFE_FORMAT', 'SAFE_ARCHS', 'model_inputs', 'NonFiniteError', 'check_finite', 'export_model', 'load_model',
            'UnsafeModelError', 'export_safe', 'tta_shifts', 'SafeModel', 'Ensemble', 'safe_pair', 'check_model_meta',
-           'build_model', 'load_safe', 'open_model', 'as_predictor', 'wav_images', 'predict_probs', 'predict_wavs']
+           'build_model', 'load_safe', 'open_model', 'as_predictor', 'wav_images', 'predict_probs', 'audio_files',
+           'predict_wavs']
 
 # %% ../nbs/05_predict.ipynb #71560752
 def model_inputs(
@@ -348,6 +349,18 @@ def predict_probs(
     if errs: raise AudioError(bad_files_message([wavs[i] for i in errs], [str(e) for e in errs.values()], len(wavs)))
     if not torch.isfinite(probs).all(): raise NonFiniteError(f"the model gives NaN or infinite probabilities for {int((~torch.isfinite(probs)).any(1).sum())} recording(s): its weights or normalisation are damaged.")
     return probs
+
+def audio_files(
+    paths:list,  # audio files and folders
+)->list:         # the files, and each folder's audio files (`AUDIO_EXTS`, in its subfolders too, sorted), in order
+    "The recordings named by `paths`: a folder stands for the audio files under it. Raises `HeartnbError` for a folder with none."
+    out = []
+    for p in map(Path, paths):
+        if not p.is_dir(): out.append(p); continue
+        fs = sorted(f for f in p.rglob('*') if f.suffix.lower() in AUDIO_EXTS and f.is_file())
+        if not fs: raise HeartnbError(f"{p}: a folder with no audio files ({', '.join(AUDIO_EXTS)}) in it.")
+        out += fs
+    return out
 
 def predict_wavs(
     learn,          # a `SafeModel` (from `load_safe`), an `Ensemble` or a `Learner` (from `load_model`, or trained with `heartnb_spec`)

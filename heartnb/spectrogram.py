@@ -12,17 +12,17 @@ from functools import lru_cache
 from pathlib import Path
 import numpy as np, soundfile as sf, soxr
 from PIL import Image
-from fastcore.parallel import parallel
 from .data import HeartnbError, DatasetError, read_list, LazyModule
 from .safety import writes, disk_full, with_hints, MIN_SECONDS, MAX_SECONDS
 
 # %% auto #0
-__all__ = ['pd', 'PRESETS', 'MIN_SR', 'MAX_SR', 'MAX_CHANNELS', 'MAX_SAMPLES', 'MIN_RMS', 'CACHE', 'SpecConfig', 'spec_config',
+__all__ = ['PRESETS', 'MIN_SR', 'MAX_SR', 'MAX_CHANNELS', 'MAX_SAMPLES', 'MIN_RMS', 'CACHE', 'SpecConfig', 'spec_config',
            'AudioError', 'UnusableRecording', 'load_audio', 'stft_power', 'mel_basis', 'power_to_db', 'melspec_db',
            'spec_image', 'wav2image', 'ConversionError', 'atomic_write', 'png_bytes', 'save_png', 'png_name',
            'png_names', 'bad_files_message', 'check_recordings', 'spectrogram_images', 'load_manifest']
 
 # %% ../nbs/01_spectrogram.ipynb #163ed559
+_progress = LazyModule('heartnb.progress')  # fastprogress: only for converting a dataset
 pd = LazyModule('pandas')  # imported on first use: classifying a recording (`heartnb predict`) never needs pandas
 
 # %% ../nbs/01_spectrogram.ipynb #05899e81
@@ -297,7 +297,7 @@ def png_names(
 )->list:             # relative PNG path of each row, one per recording
     """`png_name` of each row, except where different recordings would share one PNG (the same stem and label, from
     two folders or two extensions): those get `<label>/<stem>-<8 hex digits of their path's SHA-256>.png`."""
-    names = pd.Series([png_name(r) for r in df.to_dict('records')])
+    names = pd.Series([png_name(dict(path=p, label=l)) for p,l in zip(df.path, df.label)])
     paths = pd.Series([str(Path(p).absolute()) for p in df.path])
     shared = names.map(paths.groupby(names).nunique()) > 1
     return [f"{n[:-4]}-{hashlib.sha256(p.encode()).hexdigest()[:8]}.png" if s else n for n,p,s in zip(names, paths, shared)]
@@ -336,13 +336,15 @@ def _journal(out:Path, rec:dict):
         raise
 
 def _read_journal(out:Path)->dict:
-    "The cache records of `out`, by PNG (the last line for a PNG wins; a line cut short by a kill is ignored)"
+    """The cache records of `out` by PNG, each kept as its JSON line (a third of the memory of a parsed dict): the last
+    line for a PNG wins, a line cut short by a kill is ignored. Read line by line: a journal grown by killed runs is never held whole."""
     recs = {}
-    try: lines = (out/CACHE).read_text(errors='replace').splitlines()
-    except OSError: return recs
-    for l in lines:
-        try: r = json.loads(l); recs[str(r['png'])] = r
-        except (ValueError, KeyError, TypeError): pass
+    try:
+        with open(out/CACHE, errors='replace') as f:
+            for l in f:
+                try: recs[str(json.loads(l)['png'])] = l.rstrip('\n')
+                except (ValueError, KeyError, TypeError): pass
+    except OSError: pass
     return recs
 
 def _own_png(out:Path, rel:str)->Path|None:
@@ -353,8 +355,8 @@ def _own_png(out:Path, rel:str)->Path|None:
 
 
 def _convert_one(item, out:Path=None, cfg:SpecConfig=None, size:int=512, force:bool=False, worker:bool=False, png_level:int=1, key:str=''):
-    "Convert one (wav, png, cache record) triple; returns 'done', 'skipped' or the error message"
-    wav,rel,rec = Path(item[0]), item[1], item[2]
+    "Convert one (wav, png, cache record as its JSON line or None) triple; returns 'done', 'skipped' or the error message"
+    wav,rel,rec = Path(item[0]), item[1], json.loads(item[2]) if item[2] else None
     png = out/rel
     if worker: _one_thread()
     try:
@@ -365,6 +367,35 @@ def _convert_one(item, out:Path=None, cfg:SpecConfig=None, size:int=512, force:b
         atomic_write(png, write)
         return 'done'
     except (AudioError, OSError, ValueError) as e: return str(e)
+
+# %% ../nbs/01_spectrogram.ipynb #e812543e
+import itertools
+from collections import deque
+from functools import partial
+from concurrent.futures import ProcessPoolExecutor
+
+# %% ../nbs/01_spectrogram.ipynb #2694ae83
+def _apply(f, chunk:list)->list: return [f(o) for o in chunk]
+
+def _imap(
+    f,                  # a function of one item (picklable, for the workers)
+    items,              # an iterable, read only as fast as the workers take the items
+    n_workers:int,      # worker processes; 0 runs `f` in this process
+    chunksize:int=8,    # items sent to a worker at a time
+    ahead:int=4,        # chunks per worker submitted and not yet read back
+):                      # a generator of `f(item)`, in the order of `items`
+    "`map(f, items)` in `n_workers` processes, in order, with at most `ahead × n_workers` chunks in flight: memory flat in the number of items."
+    if not n_workers: yield from map(f, items); return
+    it = iter(items)
+    with ProcessPoolExecutor(n_workers) as ex:
+        todo = deque()
+        try:
+            while chunk := list(itertools.islice(it, chunksize)):
+                todo.append(ex.submit(_apply, f, chunk))
+                if len(todo) >= ahead*n_workers: yield from todo.popleft().result()
+            while todo: yield from todo.popleft().result()
+        finally:                    # an error, or a consumer that stopped: nothing more starts
+            for t in todo: t.cancel()
 
 # %% ../nbs/01_spectrogram.ipynb #b246ceb2
 def bad_files_message(paths, errors, n:int, what:str='cannot be used')->str:
@@ -393,7 +424,7 @@ def spectrogram_images(
     workers:int=None,    # worker processes (default: all cores; 0 runs in this process)
     skip_bad:bool=False, # on unreadable recordings only warn (else raise `ConversionError` after converting the rest)
     force:bool=False,    # convert again even where the PNG is up to date
-    progress:bool=True,  # show a progress bar
+    progress:bool=True,  # show progress: a bar where someone watches, a line per 10% in a log (`show_progress`)
     png_level:int=1,     # zlib level of the PNGs, 0-9 (see `png_bytes`); the pixels are the same at every level
 )->pd.DataFrame:         # the manifest: `df`'s columns plus `png` (relative to `out`) and `status`, for converted rows only
     "Convert the recordings of `df` into PNG spectrogram images under `out`, skipping those already up to date."
@@ -401,9 +432,9 @@ def spectrogram_images(
     png_level = _png_level(png_level)   # now, not once per file in the workers
     settings = dict(cfg.to_dict(), size=size)
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
-    recs = _read_journal(out)
+    recs = _read_journal(out)                 # PNG → its record, a JSON line
     for rel,r in list(recs.items()):          # PNGs heartnb wrote with other settings: removed (and nothing else)
-        if r.get('key') != key:
+        if json.loads(r).get('key') != key:
             if (p := _own_png(out, rel)): p.unlink(missing_ok=True)
             del recs[rel]
     cfg_file = out/'spec_config.json'
@@ -413,11 +444,14 @@ def spectrogram_images(
     pngs = png_names(df)
     if workers is None: workers = os.cpu_count()
     n_workers = min(workers, len(df))
-    status = parallel(_convert_one, [(p, rel, recs.get(rel)) for p,rel in zip(df.path, pngs)], out=out, cfg=cfg, size=size, force=force,
-                      worker=n_workers>0, png_level=png_level, key=key, n_workers=n_workers, progress=progress and len(df)>1, chunksize=8)
-    recs = {rel: r for rel,r in _read_journal(out).items() if r.get('key') == key and (p := _own_png(out, rel)) and p.exists()}
-    atomic_write(out/CACHE, lambda t: Path(t).write_text(''.join(json.dumps(r) + '\n' for r in recs.values())))
-    status = pd.Series(list(status), index=df.index)
+    convert = partial(_convert_one, out=out, cfg=cfg, size=size, force=force, worker=n_workers>0, png_level=png_level, key=key)
+    items = ((p, rel, recs.get(rel)) for p,rel in zip(df.path, pngs))   # made as the workers need them
+    status = list(_progress.show_progress(_imap(convert, items, n_workers), total=len(df), what='spectrograms', unit='files', show=progress and len(df)>1))
+    recs = {rel: r for rel,r in _read_journal(out).items() if json.loads(r).get('key') == key and (p := _own_png(out, rel)) and p.exists()}
+    def write_cache(t):
+        with open(t, 'w') as f: f.writelines(r + '\n' for r in recs.values())
+    atomic_write(out/CACHE, write_cache)
+    status = pd.Series(status, index=df.index)
     ok = status.isin(['done','skipped'])
     man = df.assign(png=pngs, status=status)[ok].reset_index(drop=True)
     atomic_write(out/'manifest.csv', lambda t: man.to_csv(t, index=False))

@@ -276,3 +276,19 @@ def test_png_level_keeps_the_pixels(synth, tmp_path):
         assert sizes[0][k].stat().st_size > sizes[1][k].stat().st_size
     rc,txt = run_cli('spectrograms', '--data', synth, '--out', tmp_path/'bad', '--png-level', 10)
     assert rc == 2 and '--png-level' in txt and not (tmp_path/'bad').exists()
+
+def test_progress_in_a_log_is_a_few_lines(synth, tmp_path):
+    "Output to a pipe (a log, CI): a conversion prints a few plain lines, training one per epoch; no bars, no carriage returns"
+    r = run('spectrograms', '--data', synth, '--out', tmp_path/'png', '--size', 32, '--workers', 2)
+    assert r.returncode == 0, r.stderr
+    lines = [l for l in r.stdout.splitlines() if l.startswith('spectrograms:')]
+    assert 1 <= len(lines) <= 11, r.stdout
+    assert lines[-1].startswith('spectrograms: 18/18 files (100%)') and lines[-1].endswith('done'), lines[-1]
+    assert '\r' not in r.stdout + r.stderr
+    r = run('train', '--data', synth, '--out', tmp_path/'run', '--size', 32, '--bs', 8, '--freeze-epochs', 1, '--epochs', 2,
+            '--no-pretrained', '--num-it', 5, '--workers', 0)                 # lr_find too: it prints nothing
+    assert r.returncode == 0, r.stderr
+    assert '\r' not in r.stdout + r.stderr and '█' not in r.stdout + r.stderr
+    table = [l.split() for l in r.stdout.splitlines() if l.split()[:1] == ['epoch'] or l[:1].isdigit()]
+    assert [row[0] for row in table] == ['epoch', '0', 'epoch', '0', '1'], r.stdout   # frozen, then unfrozen: a header and a row per epoch
+    assert len(table[1]) == len(table[0])
