@@ -214,7 +214,8 @@ def train_heart(
     run = broadcast_value(run)          # the main process's (which rewrites the file as it goes)
     def save_run():
         if main: atomic_write(ck/'run.json', lambda t: Path(t).write_text(json.dumps(run)))
-    model_dir,learn.model_dir = learn.model_dir,wk   # (fastai makes this folder when it saves or loads)
+    saved,learn.model_dir = (learn.path,learn.model_dir),wk   # (fastai makes this folder when it saves or loads)
+    if not main: learn.path = wk                            # (and `CSVLogger` the parent of this one)
     try:
         learn.freeze()  # as fastai's `fine_tune`: the body is frozen even when it starts from random weights
         st = restore_checkpoint(learn, ck) if resume else {}
@@ -243,6 +244,6 @@ def train_heart(
             save_run()
         hist = pd.concat([_history(wk, s) for s in ('frozen', 'unfrozen')], ignore_index=True)
     finally:
-        learn.model_dir = model_dir
+        learn.path,learn.model_dir = saved
         if tmp: tmp.cleanup()
     return dict(lrs=run['lrs'], times=run['times'], history=hist, resumed=resumed)

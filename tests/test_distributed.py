@@ -83,18 +83,25 @@ def test_the_audit_catches_a_second_process_writing(tmp_path, audit_env):
     r = subprocess.run([sys.executable, '-c', code], env={**env, 'RANK': '0'}, capture_output=True, text=True)
     assert r.returncode == 0 and (tmp_path/'run'/'x.json').exists(), r.stderr
 
-def test_train_on_two_processes(tmp_path, synth, trained, audit_env):
-    "Two processes (accelerate launch, gloo), batch 4 each, against the one-process run of `trained` (batch 8)"
-    log,env = audit_env
-    out = tmp_path/'run'
+def two_processes(*args, env):
+    "`heartnb ARGS` in two processes on the CPU (`accelerate launch`, gloo); (stdout, stderr), after checking the exit code"
     rc,stdout,stderr = launch([ACCELERATE, 'launch', '--multi_gpu', '--num_processes', 2, '--num_machines', 1, '--mixed_precision', 'no',
-                               '--dynamo_backend', 'no', '--main_process_port', free_port(),
-                               HEARTNB, 'train', '--data', synth, '--out', out, '--size', 64, '--bs', 4, '--freeze-epochs', 1,
-                               '--epochs', 1, '--no-pretrained', '--num-it', 10, '--workers', 0], env)
+                               '--dynamo_backend', 'no', '--main_process_port', free_port(), HEARTNB, *args], env)
     assert rc == 0, stdout[-3000:] + stderr[-5000:]
-    # the second process ran, watched, and tried no write
+    return stdout, stderr
+
+def check_no_writes(log:Path):
+    "The second process ran, watched by the audit, and tried no write"
     assert [l.split()[:2] for l in Path(f'{log}.armed').read_text().splitlines()] == [['rank', '1']]
     assert not log.exists(), log.read_text()
+
+def test_train_on_two_processes(tmp_path, synth, trained, audit_env):
+    "Two processes, batch 4 each, against the one-process run of `trained` (batch 8)"
+    log,env = audit_env
+    out = tmp_path/'run'
+    stdout,_ = two_processes('train', '--data', synth, '--out', out, '--size', 64, '--bs', 4, '--freeze-epochs', 1, '--epochs', 1,
+                             '--no-pretrained', '--num-it', 10, '--workers', 0, env=env)
+    check_no_writes(log)
     assert stdout.count('validation recordings') == 1                    # one report: the main process's
     # the run folder of a one-process run, file for file
     assert files(out) == files(trained)
@@ -115,3 +122,19 @@ def test_train_on_two_processes(tmp_path, synth, trained, audit_env):
     assert h.stage.tolist() == ['frozen', 'unfrozen']
     np.testing.assert_allclose(h[['accuracy','balanced_accuracy_score','f1_score']].iloc[-1].to_numpy(float),
                                [m['accuracy'], m['balanced_accuracy'], m['macro_f1']], atol=1e-6)
+
+def test_cv_on_two_processes(tmp_path, synth, audit_env):
+    "2-fold cross-validation in two processes: every recording validated once, by the main process's reports"
+    log,env = audit_env
+    out = tmp_path/'run'
+    stdout,_ = two_processes('cv', '--data', synth, '--out', out, '--k', 2, '--size', 32, '--bs', 4, '--freeze-epochs', 1, '--epochs', 1,
+                             '--no-pretrained', '--lr', 3e-3, '--workers', 0, env=env)
+    check_no_writes(log)
+    assert stdout.count('wrote ') == 1
+    assert {f for f in files(out) if not f.startswith('spectrograms/')} == {
+        '.heartnb.json', '.heartnb.lock', 'settings.json', 'cv.json', 'oof.csv', 'spectrograms',
+        *(f'fold{i}{f}' for i in range(2) for f in ('', '/metrics.json', '/model.json', '/model.safetensors', '/predictions.csv'))}
+    r = json.loads((out/'cv.json').read_text())
+    oof = pd.read_csv(out/'oof.csv')
+    assert r['processes'] == 2 and len(oof) == oof.path.nunique() == r['n_recordings'] == 18
+    assert [f['n'] for f in r['folds']] == oof.groupby('fold').size().tolist() == [np.array(f['confusion_matrix']).sum() for f in r['folds']]
