@@ -44,6 +44,7 @@ def heartnb_train(
 ):
     "Train a heart-sound classifier end to end from a dataset folder and write the run folder."
     m = train_job(out, **kwargs)
+    if m is None: return                 # another process of a distributed run: the main process reports
     if m.get('resumed'): print(f"resumed after {m['resumed']} epochs")
     print(f"accuracy {m['accuracy']:.3f}  macro-F1 {m['macro_f1']:.3f}  balanced accuracy {m['balanced_accuracy']:.3f}  "
           f"({m['n_valid']} validation recordings, {m['split']} split); wrote {Path(out)/'metrics.json'}")
@@ -123,6 +124,7 @@ def heartnb_cv(
 ):
     "k-fold cross-validation (stratified, grouped by patient): mean ± std of the metrics over folds, fold models for an ensemble."
     r = cv_job(out, **kwargs)
+    if r is None: return                 # another process of a distributed run: the main process reports
     k,split,subset = (r['settings'][o] for o in ('k','split','subset'))
     s,b = r['summary'],r['baseline']
     print(f"{k}-fold {split} cross-validation on set_{subset} ({r['n_recordings']} recordings), mean ± std over folds:\n"

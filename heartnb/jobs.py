@@ -101,11 +101,16 @@ def prepare_items(
     png,              # PNG folder (a cache: up-to-date PNGs are reused)
     progress:bool=True,
 )->'pd.DataFrame':      # the items of the DataLoaders: `df` itself for audio, the PNG manifest otherwise
-    "The first stage: recordings → `size×size` spectrogram PNGs (`spectrogram_images`), or nothing to do for `input='audio'`."
+    """The first stage: recordings → `size×size` spectrogram PNGs (`spectrogram_images`), or nothing to do for `input='audio'`.
+    In a distributed run the main process converts, and the others then read its manifest (fastai's `rank0_first`)."""
+    from fastai.distributed import rank0_first
+    from fastai.torch_core import rank_distrib
     from heartnb.spectrogram import spectrogram_images, load_manifest, check_recordings
     if r['input'] == 'audio': return check_recordings(df)   # every recording read once: the unusable ones named, all of them
-    spectrogram_images(df, png, r['preset'], r['size'], workers=r['workers'], progress=progress)
-    return load_manifest(png)
+    def convert():
+        if not rank_distrib(): spectrogram_images(df, png, r['preset'], r['size'], workers=r['workers'], progress=progress)
+        return load_manifest(png)
+    return rank0_first(convert)
 
 def fit_recipe(
     items:'pd.DataFrame', # from `prepare_items`
@@ -119,7 +124,8 @@ def fit_recipe(
     "The middle stages: seed → DataLoaders (`heart_dls` or `audio_dls`) → `heart_learner` → `train_heart`."
     from fastai.vision.all import set_seed, ProgressCallback
     from heartnb.dataloaders import heart_dls
-    from heartnb.train import heart_learner, train_heart
+    from heartnb.train import heart_learner, train_heart, distrib_setup
+    distrib_setup()                    # under `accelerate launch`: this process's GPU, before the DataLoaders pick a device
     set_seed(r['seed'], reproducible=True)
     audio = r['input'] == 'audio'
     if audio:                          # recordings in, spectrograms computed per batch
@@ -143,12 +149,16 @@ def train_job(
     resume:bool=False,         # go on from the last finished epoch of a killed run in OUT (same options)
     progress:bool=True,        # progress bars
     **kwargs,                  # the recipe's options (`recipe`)
-)->dict:                       # the contents of `metrics.json`
+)->dict:                       # the contents of `metrics.json` (None in the other processes of a distributed run)
     """The main job: index → PNGs → DataLoaders → lr_find → frozen and unfrozen one-cycle → interpretation → export.
     With `input='audio'` the PNG step is skipped (`audio_dls`), and the metrics count recordings (each recording's
     clips averaged). Raises `HeartnbError` (bad data or options, weights unavailable, or `resume` with other settings
-    than the interrupted run)."""
+    than the interrupted run). Under `accelerate launch` every process trains, and the main process alone writes OUT."""
+    from fastai.distributed import rank0_first
+    from fastai.torch_core import rank_distrib, num_distrib
+    from heartnb.train import undistributed
     times,t0 = {},time.time()
+    main,processes = not rank_distrib(),max(num_distrib(), 1)
     r = recipe(**kwargs)
     out,audio = Path(out),r['input'] == 'audio'
     settings = _settings(r, data_path(r['data']))
@@ -161,41 +171,44 @@ def train_job(
     from heartnb.predict import export_model, export_safe
     from heartnb.evaluate import learner_report
     import matplotlib.pyplot as plt
-    data = _preflight(r)
-    out.mkdir(parents=True, exist_ok=True)
-    if not (resume and sfn.exists()): atomic_write(sfn, lambda t: Path(t).write_text(json.dumps(settings, indent=2)))
-    done.unlink(missing_ok=True)
+    data = rank0_first(_preflight, r)      # (weights are fetched once)
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        if not (resume and sfn.exists()): atomic_write(sfn, lambda t: Path(t).write_text(json.dumps(settings, indent=2)))
+        done.unlink(missing_ok=True)
     df = stratified_sample(index_dataset(data, r['subset'], include_noisy=r['include_noisy'], dataset=r['dataset']), r['limit'], r['seed'])
     times['index'] = time.time()-t0; t = time.time()
     items = prepare_items(df, r, r['png'] or out/'spectrograms', progress)
     times['spectrograms'] = time.time()-t
     learn,res = fit_recipe(items, out, r, progress=progress, checkpoints=ck, resume=resume)
-    times.update(res['times']); t = time.time()
-    vdl = learn.dls.valid.new(shuffle=False, drop_last=False)
-    preds = learn.get_preds(dl=vdl, with_loss=True)               # one validation pass serves both reports
-    rep = interpret(learn, out, vdl, preds=preds)                 # figures; per model input (an audio clip, if so)
-    rec_rep,pred = learner_report(learn, vdl, probs=preds[0])     # per recording (each recording's clips averaged)
-    atomic_write(out/'predictions.csv', lambda f: pred.to_csv(f, index=False))
-    if audio:                            # the metrics count recordings
-        clip_rep,rep = rep,rec_rep
-        plt.close(plot_confusion(rep['confusion_matrix'], rep['classes'], out/'confusion_matrix.png', 'Confusion matrix (recordings)'))
-    times['interpret'] = time.time()-t; t = time.time()
-    export_safe(learn, out/'model.safetensors')
-    export_model(learn, out/'model.pkl')
-    times['export'] = time.time()-t
-    res['history'].to_csv(out/'history.csv', index=False)
-    times['total'] = time.time()-t0
-    vitems = learn.dls.valid_ds.items
-    metrics = dict(rep, n_train=int(learn.dls.train_ds.items.path.nunique()), n_valid=int(vitems.path.nunique()), n_recordings=len(df),
-                   **{k: r[k] for k in ('dataset','subset','split','valid_pct','seed','size','bs','include_noisy','limit','balance','lr_mult','input')},
-                   arch=str(r['arch']), epochs=dict(frozen=r['freeze_epochs'], unfrozen=r['epochs']), lrs=res['lrs'],
-                   pretrained=learn.heartnb_pretrained, spectrogram=dict(spec_config(r['preset']).to_dict(), preset=str(r['preset'])),
-                   audio=dict({k: r[k] for k in ('duration','channels','augment')}, n_valid_clips=len(vitems),
-                              clip_accuracy=clip_rep['accuracy']) if audio else None,
-                   seconds=times, resumed=res['resumed'] or None, mixed_precision=hasattr(learn, 'mixed_precision'), **_versions())
-    atomic_write(done, lambda t: Path(t).write_text(json.dumps(metrics, indent=2)))
-    shutil.rmtree(ck)                     # complete: the checkpoints (hundreds of MB) are no longer needed
-    return metrics
+    if not main: return None               # the main process reports and exports, alone
+    with undistributed():
+        times.update(res['times']); t = time.time()
+        vdl = learn.dls.valid.new(shuffle=False, drop_last=False)
+        preds = learn.get_preds(dl=vdl, with_loss=True)               # one validation pass serves both reports
+        rep = interpret(learn, out, vdl, preds=preds)                 # figures; per model input (an audio clip, if so)
+        rec_rep,pred = learner_report(learn, vdl, probs=preds[0])     # per recording (each recording's clips averaged)
+        atomic_write(out/'predictions.csv', lambda f: pred.to_csv(f, index=False))
+        if audio:                            # the metrics count recordings
+            clip_rep,rep = rep,rec_rep
+            plt.close(plot_confusion(rep['confusion_matrix'], rep['classes'], out/'confusion_matrix.png', 'Confusion matrix (recordings)'))
+        times['interpret'] = time.time()-t; t = time.time()
+        export_safe(learn, out/'model.safetensors')
+        export_model(learn, out/'model.pkl')
+        times['export'] = time.time()-t
+        res['history'].to_csv(out/'history.csv', index=False)
+        times['total'] = time.time()-t0
+        vitems = learn.dls.valid_ds.items
+        metrics = dict(rep, n_train=int(learn.dls.train_ds.items.path.nunique()), n_valid=int(vitems.path.nunique()), n_recordings=len(df),
+                       **{k: r[k] for k in ('dataset','subset','split','valid_pct','seed','size','bs','include_noisy','limit','balance','lr_mult','input')},
+                       arch=str(r['arch']), epochs=dict(frozen=r['freeze_epochs'], unfrozen=r['epochs']), lrs=res['lrs'],
+                       pretrained=learn.heartnb_pretrained, spectrogram=dict(spec_config(r['preset']).to_dict(), preset=str(r['preset'])),
+                       audio=dict({k: r[k] for k in ('duration','channels','augment')}, n_valid_clips=len(vitems),
+                                  clip_accuracy=clip_rep['accuracy']) if audio else None,
+                       seconds=times, resumed=res['resumed'] or None, processes=processes, mixed_precision=hasattr(learn, 'mixed_precision'), **_versions())
+        atomic_write(done, lambda t: Path(t).write_text(json.dumps(metrics, indent=2)))
+        shutil.rmtree(ck)                     # complete: the checkpoints (hundreds of MB) are no longer needed
+        return metrics
 
 # %% ../nbs/06_jobs.ipynb #9a116f62
 @writes('cv')
@@ -208,39 +221,46 @@ def cv_job(
     tta:int=0,                 # test-time augmentation passes for the held-out test set
     progress:bool=True,        # progress bars
     **kwargs,                  # the recipe's options (`recipe`)
-)->dict:                       # the contents of `cv.json`
-    "k-fold cross-validation of the training recipe; see above. Raises `HeartnbError` for bad data or another run's folder."
+)->dict:                       # the contents of `cv.json` (None in the other processes of a distributed run)
+    "k-fold cross-validation of the training recipe; see above. Raises `HeartnbError` for bad data or another run's folder. Under `accelerate launch` every process trains each fold, and the main process alone writes OUT."
     import numpy as np, torch
     from fastai.vision.all import IndexSplitter
+    from fastai.distributed import rank0_first
+    from fastai.torch_core import rank_distrib, num_distrib
+    from heartnb.train import undistributed
     from heartnb.spectrogram import atomic_write
     from heartnb.interpret import classification_report
     from heartnb.predict import export_safe, load_safe, predict_probs
     from heartnb.evaluate import cv_folds, holdout_split, learner_report, summarize_reports, majority_baseline
-    t0,out = time.time(),Path(out)
+    t0,out,main = time.time(),Path(out),not rank_distrib()
     r = dict(recipe(**kwargs), split=split, valid_pct=1/k)
-    data = _preflight(r)
+    data = rank0_first(_preflight, r)
     settings = dict(_settings(r, data), k=k, test_pct=test_pct, tta=tta)
     del settings['valid_pct']
     sfn = out/'settings.json'
     if sfn.exists(): _check_settings(sfn, settings, out)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write(sfn, lambda t: Path(t).write_text(json.dumps(settings, indent=2)))
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write(sfn, lambda t: Path(t).write_text(json.dumps(settings, indent=2)))
     df = stratified_sample(index_dataset(data, r['subset'], include_noisy=r['include_noisy'], dataset=r['dataset']), r['limit'], r['seed'])
     test = None
     if test_pct: df,test = holdout_split(df, test_pct, split, r['seed'])
     fold_of = dict(zip(df.path, cv_folds(df, k, split, r['seed'])))
     items = prepare_items(df, r, r['png'] or out/'spectrograms', progress)
     ifold = items.path.map(fold_of).to_numpy()
+    done = [(out/f'fold{i}'/'metrics.json').exists() and (out/f'fold{i}'/'model.safetensors').exists() for i in range(k)]  # by an earlier, interrupted run
     reports,oof,seconds = [],[],[]
     for i in range(k):
         fdir = out/f'fold{i}'
-        if (fdir/'metrics.json').exists() and (fdir/'model.safetensors').exists():   # done by an earlier, interrupted run
+        if done[i]:
+            if not main: continue
             m = json.loads((fdir/'metrics.json').read_text())
             pred = pd.read_csv(fdir/'predictions.csv', dtype={'patient':str})
         else:
             t = time.time()
             learn,res = fit_recipe(items, fdir, r, splitter=IndexSplitter(list(np.flatnonzero(ifold==i))), progress=progress)
-            m,pred = learner_report(learn)
+            if not main: del learn; continue       # the fold's report: by the main process alone
+            with undistributed(): m,pred = learner_report(learn)
             export_safe(learn, fdir/'model.safetensors')
             m.update(fold=i, n_train=int(learn.dls.train_ds.items.path.nunique()), lrs=res['lrs'],
                      seconds=dict(res['times'], total=time.time()-t))
@@ -248,13 +268,14 @@ def cv_job(
             atomic_write(fdir/'metrics.json', lambda f: Path(f).write_text(json.dumps(m, indent=2)))
             del learn
         reports.append(m); oof.append(pred.assign(fold=i)); seconds.append(m['seconds']['total'])
+    if not main: return None
     oof = pd.concat(oof, ignore_index=True)
     classes = reports[0]['classes']
     majority = df.label.value_counts().idxmax()
     pooled = classification_report(oof.label.map(classes.index).values, oof.predicted.map(classes.index).values, classes)
     res = dict(summary=summarize_reports(reports), folds=reports, pooled=pooled,
                baseline=majority_baseline(oof.label, classes, majority), majority=majority,
-               n_recordings=len(df), n_items=len(items), settings=settings,
+               n_recordings=len(df), n_items=len(items), settings=settings, processes=max(num_distrib(), 1),
                seconds=dict(per_fold=seconds, mean_per_fold=float(np.mean(seconds))))
     if test is not None and len(test):
         models = [load_safe(out/f'fold{i}'/'model.safetensors') for i in range(k)]
@@ -262,7 +283,7 @@ def cv_job(
         res['test'] = dict(n_recordings=len(test), baseline=majority_baseline(test.label, classes, majority))
         for n in sorted({0, tta}):
             t = time.time()
-            probs = [predict_probs(m, test.path.tolist(), tta=n) for m in models]
+            with undistributed(): probs = [predict_probs(m, test.path.tolist(), tta=n) for m in models]
             single = [classification_report(y, p.argmax(1).numpy(), classes) for p in probs]
             res['test'][f'tta{n}'] = dict(single=summarize_reports(single), single_reports=single,
                                           ensemble=classification_report(y, torch.stack(probs).mean(0).argmax(1).numpy(), classes),

@@ -14,8 +14,8 @@ from .data import HeartnbError
 
 # %% auto #0
 __all__ = ['MARK', 'LOCK', 'OWNER', 'OWN_FILES', 'MAX_SECONDS', 'MIN_SECONDS', 'OPTION_RULES', 'FolderError', 'out_path',
-           'folder_kind', 'claim_folder', 'folder_lock', 'writing', 'writes', 'OptionError', 'check_option',
-           'check_options', 'DiskFullError', 'disk_full', 'with_hints', 'cli_error']
+           'folder_kind', 'claim_folder', 'main_process', 'folder_lock', 'writing', 'writes', 'OptionError',
+           'check_option', 'check_options', 'DiskFullError', 'disk_full', 'with_hints', 'cli_error']
 
 # %% ../nbs/00b_safety.ipynb #e6fb22a4
 MARK = '.heartnb.json'     # in every output folder heartnb made: {"kind": ..., "created": ...}
@@ -82,6 +82,10 @@ def claim_folder(
     return created
 
 # %% ../nbs/00b_safety.ipynb #ae428653
+def main_process()->bool:
+    "Is this the main process (rank 0) of a distributed run, or a single process? fastai's `rank_distrib() == 0`, read from `RANK` without importing torch."
+    return int(os.environ.get('RANK', 0)) == 0
+
 _held = {}   # resolved folder → [FileLock, depth], the locks this process holds
 
 def _owner(folder:Path)->str:
@@ -126,8 +130,11 @@ def writing(
     what:str='--out',  # how the user named the folder, for messages
 ):
     """Claim `out` (`claim_folder`) and hold its lock (`folder_lock`) for the block. A folder this call created is
-    removed again if the block fails before writing anything into it (a run refused at its checks leaves nothing)."""
+    removed again if the block fails before writing anything into it (a run refused at its checks leaves nothing).
+    In the other processes of a distributed run (`main_process`) it does neither: only the main process writes `out`."""
     out = out_path(out, what)
+    if not main_process():
+        yield out; return
     created = claim_folder(out, kind, adopt, what)
     try:
         with folder_lock(out): yield out

@@ -7,14 +7,16 @@ Docs: https://heartnb.github.io/heartnb/train.html.md"""
 # %% ../nbs/03_train.ipynb #38359619
 from __future__ import annotations
 import json, os, time, tempfile
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 import numpy as np, pandas as pd, torch
 import matplotlib.pyplot as plt
-from fastcore.basics import store_attr
+from fastcore.basics import store_attr, patch
 from fastcore.foundation import L
-from fastai.vision.all import (vision_learner, accuracy, BalancedAccuracy, F1Score, Learner, valley, Callback,
+from fastai.vision.all import (vision_learner, accuracy, AccumMetric, BalancedAccuracy, F1Score, Learner, valley, Callback,
                                SaveModelCallback, CSVLogger, CrossEntropyLossFlat, get_random_states, set_random_states,
-                               TerminateOnNaNCallback)
+                               TerminateOnNaNCallback, rank_distrib, num_distrib)
+from fastai.distributed import DistributedDL   # (and `Learner.distrib_ctx`)
 from .data import HeartnbError
 from .spectrogram import atomic_write
 from .safety import with_hints
@@ -22,8 +24,8 @@ from .backbones import (get_arch, imagenet_weights, pretrained_kwargs, load_body
                                set_normalize, WeightsUnavailableError)
 
 # %% auto #0
-__all__ = ['class_loss_weights', 'StopOnNonFinite', 'heart_learner', 'find_lr', 'RandomStates', 'restore_checkpoint',
-           'train_heart']
+__all__ = ['class_loss_weights', 'StopOnNonFinite', 'heart_learner', 'distrib_setup', 'undistributed', 'broadcast_value',
+           'find_lr', 'RandomStates', 'restore_checkpoint', 'train_heart']
 
 # %% ../nbs/03_train.ipynb #21a55bc9
 def class_loss_weights(
@@ -62,7 +64,7 @@ def heart_learner(
     weights that do not fit."""
     f = get_arch(arch)
     if balance == 'weights': kwargs['loss_func'] = CrossEntropyLossFlat(weight=class_loss_weights(dls).to(dls.device))
-    if metrics is None: metrics = [accuracy, BalancedAccuracy(), F1Score(average='macro')]
+    if metrics is None: metrics = [AccumMetric(accuracy, flatten=False), BalancedAccuracy(), F1Score(average='macro')]  # (accuracy too over the whole validation set: see `undistributed`)
     kw = dict(metrics=list(metrics), n_in=n_in, normalize=False, **kwargs)
     if weights is not None:
         learn = vision_learner(dls, f, pretrained=False, **kw)
@@ -79,6 +81,40 @@ def heart_learner(
     if fp16 is None: fp16 = dls.device is not None and torch.device(dls.device).type == 'cuda'
     return learn.to_fp16() if fp16 else learn
 
+# %% ../nbs/03_train.ipynb #971bb359
+@patch
+def _broadcast(self:DistributedDL, t, rank):
+    "fastai's `DistributedDL._broadcast` for any backend: `t` from `rank` to every process, as a CUDA tensor for NCCL, a CPU tensor for gloo."
+    t = torch.tensor(t, dtype=torch.long)
+    if torch.distributed.get_backend() == 'nccl': t = t.cuda()
+    torch.distributed.broadcast(t, rank)
+    return t.cpu().tolist()
+
+# %% ../nbs/03_train.ipynb #d982ab52
+def distrib_setup()->int: # this process's rank: 0 for the main process, and in a single process
+    "Join the process group of a run started by `accelerate launch` (or `torchrun`): NCCL and this process's own GPU, or gloo on CPUs. Nothing in a single process."
+    if num_distrib() > 1:
+        from accelerate.state import AcceleratorState
+        AcceleratorState()          # (reads the launcher's settings: `ACCELERATE_USE_CPU`, mixed precision)
+    return rank_distrib()
+
+# %% ../nbs/03_train.ipynb #337c4822
+@contextmanager
+def undistributed():
+    "In the block this process works alone: fastai's `num_distrib()` is 0, so predictions are not gathered from the other processes and there are no barriers. For the main process's own work (lr_find, reports, export)."
+    ws = os.environ.pop('WORLD_SIZE', None)
+    try: yield
+    finally:
+        if ws is not None: os.environ['WORLD_SIZE'] = ws
+
+# %% ../nbs/03_train.ipynb #ab7940d7
+def broadcast_value(x): # any picklable value
+    "The main process's `x`, in every process of a distributed run (each waits for it); `x` itself in a single process."
+    if num_distrib() <= 1: return x
+    from accelerate.utils import broadcast_object_list
+    distrib_setup()
+    return broadcast_object_list([x], from_process=0)[0]
+
 # %% ../nbs/03_train.ipynb #ec7a82b6
 def find_lr(learn:Learner, fname=None, num_it:int=100)->float:
     "Run `learn.lr_find` (without showing it) and return its 'valley' suggestion; save the plot to `fname` if given."
@@ -93,7 +129,8 @@ class RandomStates(Callback):
     (`{stage}_{epoch}.pth`: weights and optimizer), save the rest of what a resumed run needs to repeat the
     uninterrupted one in `state.pt`: every random state (fastai's `get_random_states`: Python, NumPy, torch and
     CUDA), each DataLoader's shuffle state, the running training loss and the mixed-precision loss scale. `state.pt`
-    is written last and renamed into place, so it names only a complete checkpoint; older checkpoints are deleted."""
+    is written last and renamed into place, so it names only a complete checkpoint; older checkpoints are deleted.
+    In a distributed run the main process writes them, and every process restores them."""
     order = SaveModelCallback.order+1
     def __init__(self, folder, stage:str, start_epoch:int=0, restored:dict=None): store_attr()
     def before_epoch(self):
@@ -103,13 +140,15 @@ class RandomStates(Callback):
             sl.val,sl.count = torch.tensor(st['smooth_loss'][0]),st['smooth_loss'][1]
             if st.get('scaler') and getattr(self.learn, 'scaler', None) is not None: self.learn.scaler.load_state_dict(st['scaler'])
     def after_epoch(self):
-        if self.epoch < self.start_epoch: return          # skipped by fastai's `start_epoch`: not trained now
+        if self.epoch < self.start_epoch or rank_distrib(): return   # skipped by fastai's `start_epoch`; or not the main process
         sl,scaler = self.learn.recorder.smooth_loss,getattr(self.learn, 'scaler', None)
-        st = dict(stage=self.stage, epoch=self.epoch, random=get_random_states(), dls=[dl.rng.getstate() for dl in self.dls.loaders],
+        st = dict(stage=self.stage, epoch=self.epoch, random=get_random_states(), dls=[_undistributed_dl(dl).rng.getstate() for dl in self.dls.loaders],
                   smooth_loss=[float(sl.val), int(sl.count)], scaler=scaler.state_dict() if scaler is not None else None)
         atomic_write(self.folder/'state.pt', lambda t: torch.save(st, t))
         for old in self.folder.glob('*.pth'):
             if old.stem != f'{self.stage}_{self.epoch}': old.unlink()
+
+def _undistributed_dl(dl): return dl.dl if isinstance(dl, DistributedDL) else dl
 
 def restore_checkpoint(
     learn:Learner, # the learner of the interrupted run, rebuilt with the same settings
@@ -158,42 +197,53 @@ def train_heart(
     accuracy, balanced accuracy and macro-F1 shown each epoch. With `checkpoints`, fastai's `SaveModelCallback` saves
     every epoch with the optimizer, `CSVLogger` the history, `RandomStates` the random states; `resume=True` restores
     the last checkpoint and goes on from the next epoch of the same one-cycle schedule (fastai's `start_epoch`), with
-    the learning rates already found. Raises `HeartnbError` if the checkpoint folder is damaged."""
-    out = Path(out) if out else None
+    the learning rates already found. Under `accelerate launch` (see above) every process runs it: the fits are
+    distributed data parallel (fastai's `distrib_ctx`), lr_find runs in the main process alone, and only the main
+    process writes (plots, checkpoints). Raises `HeartnbError` if the checkpoint folder is damaged."""
+    main,distributed = distrib_setup() == 0,num_distrib() > 1
+    out = Path(out) if out and main else None
     if out: out.mkdir(parents=True, exist_ok=True)
-    tmp = None if checkpoints else tempfile.TemporaryDirectory()      # the history's CSV files, without checkpoints
-    ck = Path(checkpoints or tmp.name).absolute()
-    if not resume and ck.exists():
+    tmp = None if checkpoints and main else tempfile.TemporaryDirectory()  # the history's CSV files, without checkpoints or in another process
+    wk = Path(checkpoints if tmp is None else tmp.name).absolute()          # what this process writes
+    ck = Path(checkpoints).absolute() if checkpoints else wk                # where the checkpoints are read
+    if main and not resume and ck.exists():
         for f in [*ck.glob('*.pth'), *ck.glob('*.csv'), *ck.glob('state.*'), *ck.glob('run.json')]: f.unlink()
-    ck.mkdir(parents=True, exist_ok=True)
-    try: run = json.loads((ck/'run.json').read_text()) if resume and (ck/'run.json').exists() else dict(lrs={}, times={})
+    wk.mkdir(parents=True, exist_ok=True)
+    try: run = json.loads((ck/'run.json').read_text()) if main and resume and (ck/'run.json').exists() else dict(lrs={}, times={})
     except ValueError as e: raise HeartnbError(f"{ck/'run.json'} is not valid JSON ({e}): delete {ck} and train again without --resume.") from None
-    def save_run(): atomic_write(ck/'run.json', lambda t: Path(t).write_text(json.dumps(run)))
-    learn.freeze()  # as fastai's `fine_tune`: the body is frozen even when it starts from random weights
-    st = restore_checkpoint(learn, ck) if resume else {}
-    done = dict(frozen=freeze_epochs, unfrozen=st['epoch']+1) if st.get('stage') == 'unfrozen' else dict(frozen=st['epoch']+1 if st else 0, unfrozen=0)
-    resumed = {k: v for k,v in done.items() if v} if st else {}
-    model_dir,learn.model_dir = learn.model_dir,ck
+    run = broadcast_value(run)          # the main process's (which rewrites the file as it goes)
+    def save_run():
+        if main: atomic_write(ck/'run.json', lambda t: Path(t).write_text(json.dumps(run)))
+    saved,learn.model_dir = (learn.path,learn.model_dir),wk   # (fastai makes this folder when it saves or loads)
+    if not main: learn.path = wk                            # (and `CSVLogger` the parent of this one)
     try:
+        learn.freeze()  # as fastai's `fine_tune`: the body is frozen even when it starts from random weights
+        st = restore_checkpoint(learn, ck) if resume else {}
+        done = dict(frozen=freeze_epochs, unfrozen=st['epoch']+1) if st.get('stage') == 'unfrozen' else dict(frozen=st['epoch']+1 if st else 0, unfrozen=0)
+        resumed = {k: v for k,v in done.items() if v} if st else {}
         for stage,n,plot in (('frozen',freeze_epochs,'lr_find.png'), ('unfrozen',epochs,'lr_find_unfrozen.png')):
             start = done[stage]
             if not n or start >= n: continue
             if stage=='unfrozen' and start==0: learn.unfreeze()
             t = time.time()
             if stage not in run['lrs']:
-                top = (lr if stage=='frozen' else lr/2) if lr else find_lr(learn, out/plot if out else None, num_it)
+                if lr: top = lr if stage=='frozen' else lr/2
+                else:                                # found once, by the main process alone; the others wait for it
+                    with undistributed(): top = find_lr(learn, out/plot if out else None, num_it) if main else None
+                    top = broadcast_value(top)
                 run['lrs'][stage] = top if stage=='frozen' else [top/lr_mult, top]
                 run['times'][f'lr_find{"_unfrozen" if stage=="unfrozen" else ""}'] = time.time()-t
                 save_run()
             t,lrs = time.time(),run['lrs'][stage]
-            fcbs = [CSVLogger(ck/f'history_{stage}.csv', append=True), *L(cbs)]
+            fcbs = [CSVLogger(wk/f'history_{stage}.csv', append=True), *L(cbs)]
             if checkpoints: fcbs += [SaveModelCallback(every_epoch=True, with_opt=True, fname=stage),
                                      RandomStates(ck, stage, start, st if st.get('stage') == stage else None)]
-            learn.fit_one_cycle(n, lrs if stage=='frozen' else slice(*lrs), start_epoch=start, cbs=fcbs)
+            with learn.distrib_ctx(sync_bn=False) if distributed else nullcontext():   # (batch norm per process, as with one)
+                learn.fit_one_cycle(n, lrs if stage=='frozen' else slice(*lrs), start_epoch=start, cbs=fcbs)
             run['times'][f'fit_{stage}'] = run['times'].get(f'fit_{stage}', 0) + time.time()-t
             save_run()
-        hist = pd.concat([_history(ck, s) for s in ('frozen', 'unfrozen')], ignore_index=True)
+        hist = pd.concat([_history(wk, s) for s in ('frozen', 'unfrozen')], ignore_index=True)
     finally:
-        learn.model_dir = model_dir
+        learn.path,learn.model_dir = saved
         if tmp: tmp.cleanup()
     return dict(lrs=run['lrs'], times=run['times'], history=hist, resumed=resumed)
