@@ -240,12 +240,13 @@ predict_wavs(m, [sys.argv[2]])
 t4 = time.perf_counter()
 print(json.dumps(dict(torch=t1-t0, heartnb=t2-t1, load=t3-t2, inference=t4-t3)))"""
 
-def _cold(cmd:list, n:int)->float:
-    "Median wall time of `n` runs of `cmd`, each a new process"
-    ts = []
+def _cold(cmds:list, n:int)->list:
+    "Median wall time of `n` runs of each command of `cmds`, each run a new process, the commands taking turns (so that a busy machine slows them alike)"
+    ts = [[] for _ in cmds]
     for _ in range(n):
-        t = time.perf_counter(); subprocess.run(cmd, check=True, capture_output=True); ts.append(time.perf_counter()-t)
-    return statistics.median(ts)
+        for c,t_ in zip(cmds, ts):
+            t = time.perf_counter(); subprocess.run(c, check=True, capture_output=True); t_.append(time.perf_counter()-t)
+    return [statistics.median(t_) for t_ in ts]
 
 def bench_predict(model_dirs:dict, wavs:list, n:int=5, bs:int=16):
     """Cold `heartnb predict` of one 5 s recording against a bare `import torch` (medians of `n` new processes,
@@ -258,34 +259,36 @@ def bench_predict(model_dirs:dict, wavs:list, n:int=5, bs:int=16):
     py = sys.executable
     rows,stages,folder = [],[],[]
     for name,d in model_dirs.items():
-        torch_s = _cold([py, '-c', 'import torch'], n)
-        cold = _cold([str(HEARTNB), 'predict', str(d), str(five)], n)
+        torch_s,cold = _cold([[py, '-c', 'import torch'], [str(HEARTNB), 'predict', str(d), str(five)]], n)
         rows.append(dict(model=name, import_torch_s=torch_s, cold_predict_s=cold, ratio=cold/torch_s))
         st = [json.loads(subprocess.run([py, '-c', _STAGES, str(d), str(five)], check=True, capture_output=True, text=True).stdout) for _ in range(n)]
         stages.append(dict(model=name, **{k: statistics.median(s[k] for s in st) for k in st[0]}))
         m = open_model(d)
         predict_wavs(m, wavs[:2], bs=bs)                         # first-call costs out of the timing
-        t = time.perf_counter(); predict_wavs(m, wavs, bs=bs); t_all = time.perf_counter()-t
         pm = as_predictor(m)
         xs = [x for w in wavs for x in wav_images(pm, w)]
         batches = [pm.inputs(xs[i:i+bs]) for i in range(0, len(xs), bs)]
-        with torch.inference_mode():
-            t = time.perf_counter()
-            for x in batches: pm.model(x)
-            t_fwd = time.perf_counter()-t
+        t_all,t_fwd = [],[]
+        for _ in range(3):                                       # taking turns, best of 3 each
+            t = time.perf_counter(); predict_wavs(m, wavs, bs=bs); t_all.append(time.perf_counter()-t)
+            with torch.inference_mode():
+                t = time.perf_counter()
+                for x in batches: pm.model(x)
+                t_fwd.append(time.perf_counter()-t)
+        t_all,t_fwd = min(t_all),min(t_fwd)
         folder.append(dict(model=name, files=len(wavs), inputs=len(xs), predict_files_per_s=len(wavs)/t_all,
                            forward_files_per_s=len(wavs)/t_fwd, ratio=t_fwd/t_all))
     return ("### `heartnb predict`: cold start and folder throughput\n\n" +
         table(rows, ['model','import_torch_s','cold_predict_s','ratio']) +
         f"\n\n`cold_predict_s`: `heartnb predict RUN_DIR five_seconds.wav` (the safe model: model.safetensors + model.json), "
-        f"process start to answer; `import_torch_s`: `python -c 'import torch'`; both medians of {n} new processes in this run. "
+        f"process start to answer; `import_torch_s`: `python -c 'import torch'`; both medians of {n} new processes in this run, taking turns. "
         "`ratio`: the goal is at most 1.5.\n\nWhere a cold prediction's time goes (medians, s, in a new process; "
         "the rest of `cold_predict_s` is the interpreter's start):\n\n" +
         table(stages, ['model','torch','heartnb','load','inference']) +
         "\n\n`torch`: `import torch`; `heartnb`: importing `heartnb.cli` and `heartnb.predict` after it (no fastai, "
         "torchvision, timm, librosa or pandas); `load`: `open_model` (safetensors, network from `heartnb.nets`); "
         "`inference`: reading the WAV, spectrogram, forward pass.\n\nA folder, batched "
-        f"(`predict_wavs(..., bs={bs})`, warm), against the bare forward pass of the same batches:\n\n" +
+        f"(`predict_wavs(..., bs={bs})`, warm), against the bare forward pass of the same batches (best of 3 each, taking turns):\n\n" +
         table(folder, ['model','files','inputs','predict_files_per_s','forward_files_per_s','ratio']) +
         "\n\n`inputs`: images (PNG model) or clips (audio model: one per half clip length) the files make; `ratio`: forward-pass time over the whole "
         "prediction's (1: bounded by the model).")
