@@ -19,7 +19,7 @@ __all__ = ['SAFE_FORMAT', 'SAFE_ARCHS', 'model_inputs', 'NonFiniteError', 'check
            'build_model', 'load_safe', 'open_model', 'as_predictor', 'wav_images', 'predict_probs', 'audio_files',
            'predict_wavs']
 
-# %% ../nbs/05_predict.ipynb #71560752
+# %% ../nbs/05_predict.ipynb #3d8da856
 def model_inputs(
     learn:Learner, # a learner made with `heart_dls` or `audio_dls` (trained, or from `load_learner`)
 )->dict:           # `spectrogram` (`SpecConfig`), image `size`, and `audio`: None, or {'duration', 'channels'} for a model trained on audio
@@ -35,9 +35,11 @@ def model_inputs(
     f = a2s.front
     return dict(spectrogram=f.melspec.cfg, size=f.size, audio=dict(duration=float(crop.duration), channels=int(f.channels)))
 
+# %% ../nbs/05_predict.ipynb #69cc2764
 class NonFiniteError(HeartnbError, ValueError):
     "A model's weights, normalisation statistics or outputs are NaN or infinite."
 
+# %% ../nbs/05_predict.ipynb #facf9fa7
 def check_finite(
     tensors:dict,   # name → tensor (a state dict), or name → list of numbers
     what,           # the model or file, for messages
@@ -49,6 +51,7 @@ def check_finite(
                              lr="Train again with a lower --lr.")
     return tensors
 
+# %% ../nbs/05_predict.ipynb #408ed973
 def _check_norm(mean, std, what):
     "Normalisation statistics must be finite, and the standard deviations positive"
     check_finite(dict(mean=list(mean), std=list(std)), what)
@@ -65,6 +68,7 @@ def export_model(
     atomic_write(fname, lambda t: learn.export(Path(t).absolute()))   # complete or absent, like every other file
     return fname
 
+# %% ../nbs/05_predict.ipynb #ad9589d1
 def load_model(fname, cpu:bool=True)->Learner:
     """Load a model written by `export_model` (fastai's `load_learner`): a pickle, which can run any code it holds, so call
     this only on files you made yourself (`open_model` asks for `trust_pickle=True`). Raises `HeartnbError` if the file
@@ -80,11 +84,14 @@ def load_model(fname, cpu:bool=True)->Learner:
     for dl in learn.dls.loaders: dl.fake_l.num_workers = loader_workers(learn.dls.device)   # this machine's, not the trainer's
     return learn
 
+# %% ../nbs/05_predict.ipynb #7f77d2ab
 SAFE_FORMAT = 'heartnb-safetensors-1'
 
+# %% ../nbs/05_predict.ipynb #5b8835ff
 class UnsafeModelError(HeartnbError, ValueError):
     "A file given to the safe loader is not a safetensors file (e.g. a pickle): it was not loaded."
 
+# %% ../nbs/05_predict.ipynb #19571445
 def _norm_stats(learn):
     "mean and std of the `Normalize` batch transform of `learn.dls`, as lists (ImageNet's if there is none)"
     from fastai.vision.all import Normalize, imagenet_stats
@@ -113,6 +120,7 @@ def export_safe(
     atomic_write(fname.with_suffix('.json'), lambda t: Path(t).write_text(json.dumps(meta, indent=2)))
     return fname
 
+# %% ../nbs/05_predict.ipynb #77fecb9e
 def tta_shifts(
     width:int,  # image width, pixels (the time axis)
     tta:int=0,  # number of extra, time-shifted passes
@@ -120,6 +128,7 @@ def tta_shifts(
     "Test-time augmentation shifts: the image and `tta` circular rolls along time, evenly spaced over its width."
     return [round(j*width/(tta+1)) for j in range(tta+1)]
 
+# %% ../nbs/05_predict.ipynb #fa1dfa6d
 class SafeModel:
     """A heart-sound classifier: a plain torch module and what it needs to read a WAV (from `load_safe`, or a `Learner`
     via `SafeModel.from_learner`). A model trained on audio (`meta['audio']`) computes its spectrograms itself
@@ -164,6 +173,7 @@ class SafeModel:
                 out.append(torch.stack([self.model(x.roll(s, -1)).softmax(-1) for s in tta_shifts(x.shape[-1], tta)]).mean(0).cpu())
         return torch.cat(out) if out else torch.zeros(0, len(self.vocab))
 
+# %% ../nbs/05_predict.ipynb #cf8bed51
 class Ensemble:
     "Several models with the same classes, spectrogram settings, size and input (e.g. the k fold models of `heartnb cv`) that predict together by averaging their probabilities."
     def __init__(self, models:list):
@@ -179,6 +189,7 @@ class Ensemble:
         "The mean of the members' `predict_images` probabilities, shape (len(imgs), n_classes)."
         return torch.stack([m.predict_images(imgs, bs, tta) for m in self.models]).mean(0)
 
+# %% ../nbs/05_predict.ipynb #187294f9
 def _check_safetensors(fname:Path):
     "Refuse anything that is not a safetensors file before any parser sees it (a pickle starts with 0x80, a torch zip with 'PK')"
     with fname.open('rb') as f: head = f.read(9)
@@ -202,9 +213,11 @@ def safe_pair(
         if not f.exists(): raise HeartnbError(f"{f} not found: a safe heartnb model is a .safetensors file with its .json beside it (`heartnb train` writes RUN_DIR/model.safetensors and RUN_DIR/model.json).")
     return fname, meta_fn
 
+# %% ../nbs/05_predict.ipynb #7b85de38
 SAFE_ARCHS = ('resnet18', 'resnet34', 'resnet50', 'resnet101', 'efficientnet_b0', 'tf_efficientnet_lite0', 'convnext_atto',
               'mobilenetv3_large_100')   # the architectures the safe loader builds (torchvision's, then timm's)
 
+# %% ../nbs/05_predict.ipynb #b87b21db
 def _num(x)->bool: return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 def _int(x)->bool: return isinstance(x, int) and not isinstance(x, bool)
 
@@ -244,6 +257,7 @@ def check_model_meta(
              'audio', 'duration 0.5 to 60 s, channels = n_in')
     return meta
 
+# %% ../nbs/05_predict.ipynb #2537d54b
 def build_model(
     arch:str,    # an architecture of `SAFE_ARCHS`
     n_out:int,   # classes
@@ -258,6 +272,7 @@ def build_model(
     from heartnb.backbones import create_heart_model
     return create_heart_model(arch, n_out, n_in=n_in)
 
+# %% ../nbs/05_predict.ipynb #125751db
 def load_safe(
     fname, # `*.safetensors` written by `export_safe` (its `.json` beside it), or that `.json`, or a run folder
 )->SafeModel:
@@ -281,6 +296,7 @@ def load_safe(
     except (KeyError, TypeError, ValueError, RuntimeError, SafetensorError, HeartnbError) as e:
         raise HeartnbError(f"{fname} and {meta_fn} do not make a heartnb model ({str(e)[:300]}): re-export it with `export_safe`.") from None
 
+# %% ../nbs/05_predict.ipynb #06358d31
 def open_model(
     fname, # `*.safetensors`/`*.json`/run folder (safe), a `heartnb cv` folder (its fold models, an `Ensemble`), or `*.pkl` (fastai pickle: trusted files only)
     trust_pickle:bool=False, # load a `.pkl` (a pickle runs any code it holds: only for files you made yourself)
@@ -299,6 +315,7 @@ def open_model(
         return Ensemble([load_safe(f) for f in folds])
     return load_safe(fname)
 
+# %% ../nbs/05_predict.ipynb #361286df
 def _is_learner(x)->bool:
     "Is `x` a fastai `Learner`? (without importing fastai: if it is not imported, nothing can be one)"
     return 'fastai.learner' in sys.modules and isinstance(x, sys.modules['fastai.learner'].Learner)
@@ -309,6 +326,7 @@ def as_predictor(
     "`model` itself, or for a `Learner` the `SafeModel` that predicts through the same steps (`SafeModel.from_learner`)."
     return SafeModel.from_learner(model) if _is_learner(model) else model
 
+# %% ../nbs/05_predict.ipynb #10a99157
 def wav_images(
     model,          # a `SafeModel`, `Ensemble` or `Learner` (for its spectrogram settings)
     wav,            # a WAV file
@@ -325,6 +343,7 @@ def wav_images(
         return [crop_pad(y, n, s).numpy() for s in clip_starts(len(y), n)]
     return [wav2image(wav, cfg, size)]
 
+# %% ../nbs/05_predict.ipynb #1a5a42f2
 def _predict(model, wavs:list, bs:int=16, tta:int=0)->tuple:
     "(probabilities (len(wavs), n_classes), NaN for a recording that failed; {index: the `AudioError`} of those)"
     model = as_predictor(model)
@@ -350,6 +369,7 @@ def predict_probs(
     if not torch.isfinite(probs).all(): raise NonFiniteError(f"the model gives NaN or infinite probabilities for {int((~torch.isfinite(probs)).any(1).sum())} recording(s): its weights or normalisation are damaged.")
     return probs
 
+# %% ../nbs/05_predict.ipynb #50b97568
 def audio_files(
     paths:list,  # audio files and folders
 )->list:         # the files, and each folder's audio files (`AUDIO_EXTS`, in its subfolders too, sorted), in order
@@ -362,6 +382,7 @@ def audio_files(
         out += fs
     return out
 
+# %% ../nbs/05_predict.ipynb #dd0c72ea
 def predict_wavs(
     learn,          # a `SafeModel` (from `load_safe`), an `Ensemble` or a `Learner` (from `load_model`, or trained with `heartnb_spec`)
     wavs:list,      # WAV files
