@@ -12,9 +12,10 @@ import numpy as np, soundfile as sf
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['SUBSETS', 'NOISY_SUBLABELS', 'DATA_ENV', 'INDEX_COLS', 'PHYSIONET_LABELS', 'AUDIO_EXTS', 'DATASETS', 'LazyModule',
-           'HeartnbError', 'DatasetError', 'data_path', 'disk_name', 'patient_id', 'DuplicateWarning', 'read_list',
-           'check_rows', 'index_pascal', 'index_physionet2016', 'index_folder', 'index_csv', 'index_dataset']
+__all__ = ['SUBSETS', 'NOISY_SUBLABELS', 'DATA_ENV', 'INDEX_COLS', 'PHYSIONET_LABELS', 'AUDIO_EXTS', 'DATASETS', 'EXAMPLES',
+           'LazyModule', 'HeartnbError', 'DatasetError', 'data_path', 'disk_name', 'patient_id', 'DuplicateWarning',
+           'read_list', 'check_rows', 'index_pascal', 'index_physionet2016', 'index_folder', 'index_csv',
+           'index_dataset', 'one_per_class']
 
 # %% ../nbs/00_data.ipynb #f62b067b
 class LazyModule:
@@ -280,3 +281,18 @@ def index_dataset(
     elif dataset == 'csv': df = index_csv(root, include_unlabelled=include_unlabelled, **kw)
     else: df = index_folder(root)
     return _finish(df, audio_info)
+
+# %% ../nbs/00_data.ipynb #a4a32eaa
+EXAMPLES = ('normal__299_1311770522820_C', 'murmur__240_1309201366049_B', 'extrastole__220_1308250132896_B')  # set_b, clear heart sounds
+
+def one_per_class(
+    df:pd.DataFrame,       # recordings, with `path` and `label` (e.g. from `index_dataset`)
+    prefer=EXAMPLES,       # file stems to take where present (the lessons' examples)
+    classes:list=None,     # classes to show, in this order (default: every label of `df`, sorted)
+)->pd.DataFrame:           # one row per class
+    "One recording of each class of `df`, to look at or listen to: one named in `prefer` where the class has one, else the first."
+    keep = set(prefer)
+    named = df[df.path.map(lambda p: Path(p).stem in keep)].groupby('label').head(1)
+    first = df[~df.label.isin(named.label)].groupby('label').head(1)
+    out = pd.concat([named, first]).set_index('label', drop=False)
+    return out.loc[[c for c in (classes or sorted(out.label)) if c in out.index]].reset_index(drop=True)
