@@ -1,15 +1,29 @@
 "End-to-end tests of the `heartnb` command line on synthetic data (and on the real data when HEARTNB_DATA is set)."
-import os, sys, subprocess
+import contextlib, io, os, sys, subprocess, traceback
 from pathlib import Path
 import pytest
 from heartnb.synth import make_synth_dataset
 
 HEARTNB = Path(sys.executable).parent/'heartnb'
 
-def run(*args, env=None, timeout=900):
-    "Run `heartnb ARGS...`; return the `CompletedProcess`."
-    return subprocess.run([str(HEARTNB), *map(str, args)], capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, 'PYTHONWARNINGS': 'ignore', **(env or {})})
+def run(*args, env=None, timeout=900, process=False):
+    "Run `heartnb ARGS...` as the script does (`heartnb.cli.main`), in this process unless `process`; return a `CompletedProcess`."
+    if process: return subprocess.run([str(HEARTNB), *map(str, args)], capture_output=True, text=True, timeout=timeout,
+                                      env={**os.environ, 'PYTHONWARNINGS': 'ignore', **(env or {})})
+    from heartnb.cli import main        # in-process: the same code path, without importing torch and fastai again per call
+    out,err,rc = io.StringIO(),io.StringIO(),0
+    argv,environ = sys.argv,dict(os.environ)
+    sys.argv = ['heartnb', *map(str, args)]
+    os.environ.update({k: str(v) for k,v in (env or {}).items()})
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try: main()
+            except SystemExit as e:                 # what the interpreter does with `sys.exit(code)`
+                rc = e.code if isinstance(e.code, int) else 0 if e.code is None else 1
+                if not isinstance(e.code, (int, type(None))): print(e.code, file=sys.stderr)
+            except Exception: rc = 1; traceback.print_exc()
+    finally: sys.argv = argv; os.environ.clear(); os.environ.update(environ)
+    return subprocess.CompletedProcess([HEARTNB, *args], rc, out.getvalue(), err.getvalue())
 
 def run_cli(*args, **kwargs):
     "Run `heartnb ARGS...`; return (exit code, stdout+stderr)."

@@ -10,7 +10,7 @@ METRIC_KEYS = {'accuracy','error_rate','macro_f1','balanced_accuracy','per_class
                'n_valid','split','seed','size','epochs','lrs','pretrained','seconds'}
 
 def test_help_lists_the_contract_options():
-    rc,txt = run_cli('train', '--help')
+    rc,txt = run_cli('train', '--help', process=True)                 # the installed script itself
     assert rc == 0
     for opt in ('--data','--out','--subset','--size','--bs','--valid-pct','--split','--seed','--freeze-epochs','--epochs',
                 '--lr','--arch','--no-pretrained','--weights','--include-noisy','--limit'): assert opt in txt
@@ -279,14 +279,14 @@ def test_png_level_keeps_the_pixels(synth, tmp_path):
 
 def test_progress_in_a_log_is_a_few_lines(synth, tmp_path):
     "Output to a pipe (a log, CI): a conversion prints a few plain lines, training one per epoch; no bars, no carriage returns"
-    r = run('spectrograms', '--data', synth, '--out', tmp_path/'png', '--size', 32, '--workers', 2)
+    r = run('spectrograms', '--data', synth, '--out', tmp_path/'png', '--size', 32, '--workers', 2, process=True)
     assert r.returncode == 0, r.stderr
     lines = [l for l in r.stdout.splitlines() if l.startswith('spectrograms:')]
     assert 1 <= len(lines) <= 11, r.stdout
     assert lines[-1].startswith('spectrograms: 18/18 files (100%)') and lines[-1].endswith('done'), lines[-1]
     assert '\r' not in r.stdout + r.stderr
     r = run('train', '--data', synth, '--out', tmp_path/'run', '--size', 32, '--bs', 8, '--freeze-epochs', 1, '--epochs', 2,
-            '--no-pretrained', '--num-it', 5, '--workers', 0)                 # lr_find too: it prints nothing
+            '--no-pretrained', '--num-it', 5, '--workers', 0, process=True)   # lr_find too: it prints nothing
     assert r.returncode == 0, r.stderr
     assert '\r' not in r.stdout + r.stderr and '█' not in r.stdout + r.stderr
     table = [l.split() for l in r.stdout.splitlines() if l.split()[:1] == ['epoch'] or l[:1].isdigit()]

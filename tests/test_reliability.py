@@ -58,7 +58,7 @@ def test_second_run_on_a_folder_fails_at_once(data, tmp_path):
         out = tmp_path/kind
         with writing(out, kind):                          # this test process holds the lock, as a running job would
             t = time.time()
-            rc,txt = run_cli(*cmd, '--data', data, '--out', out)
+            rc,txt = run_cli(*cmd, '--data', data, '--out', out, process=True)   # another process, as a second job is
             ok(rc, txt, f'{out} is in use by another heartnb run', f'process {os.getpid()}')
             assert time.time() - t < 60
     rc,txt = run_cli('spectrograms', '--data', data, '--out', tmp_path/'spectrograms', '--size', 32, '--workers', 0)
