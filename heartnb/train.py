@@ -25,7 +25,7 @@ from .backbones import (get_arch, imagenet_weights, pretrained_kwargs, load_body
 
 # %% auto #0
 __all__ = ['class_loss_weights', 'StopOnNonFinite', 'heart_learner', 'distrib_setup', 'undistributed', 'broadcast_value',
-           'find_lr', 'RandomStates', 'restore_checkpoint', 'train_heart']
+           'find_lr', 'RandomStates', 'restore_checkpoint', 'train_heart', 'plot_history']
 
 # %% ../nbs/03_train.ipynb #21a55bc9
 def class_loss_weights(
@@ -247,3 +247,23 @@ def train_heart(
         learn.path,learn.model_dir = saved
         if tmp: tmp.cleanup()
     return dict(lrs=run['lrs'], times=run['times'], history=hist, resumed=resumed)
+
+# %% ../nbs/03_train.ipynb #cb8a3913
+def plot_history(
+    hist:pd.DataFrame,                                    # one row per epoch: `stage`, `train_loss`, `valid_loss` and metric columns
+    metrics:tuple=('f1_score', 'balanced_accuracy_score'), # metric columns drawn on the right
+    figsize:tuple=(8, 3),                                 # inches
+):
+    "Training curves: losses per epoch (left) and validation metrics (right), unfrozen epochs shaded; return the figure."
+    names = dict(train_loss='training loss', valid_loss='validation loss', f1_score='macro-F1', balanced_accuracy_score='balanced accuracy')
+    fig,(a,b) = plt.subplots(1, 2, figsize=figsize)
+    x,nf = np.arange(1, len(hist)+1),int((hist.stage == 'frozen').sum())
+    for c in ('train_loss', 'valid_loss'): a.plot(x, hist[c], 'o-', label=names[c])
+    for c in metrics:
+        if c in hist: b.plot(x, hist[c], 'o-', label=names.get(c, c))
+    for ax,t in ((a, 'loss'), (b, 'validation metrics')):
+        if nf < len(hist): ax.axvspan(nf+0.5, len(hist)+0.5, color='grey', alpha=0.15, lw=0, label='unfrozen')
+        ax.set_xlabel('epoch'); ax.set_title(t, fontsize=10); ax.legend(fontsize=8); ax.set_xticks(x)
+    b.set_ylim(0, 1)
+    fig.tight_layout()
+    return fig

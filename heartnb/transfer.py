@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 # %% auto #0
-__all__ = ['weights_label', 'cv_table', 'plot_cv_table']
+__all__ = ['weights_label', 'cv_table', 'plot_cv_table', 'cv_summary']
 
 # %% ../nbs/11_transfer.ipynb #edd4390b
 def weights_label(
@@ -21,10 +21,15 @@ def weights_label(
     if not rec or rec.get('weights') == 'none': return 'random'
     if rec['weights'] == 'imagenet': return 'ImageNet'
     if rec['weights'] == 'checkpoint': return f"checkpoint {Path(rec['file']).name}"
-    m = Path(rec['file']); m = m if m.is_dir() else m.parent
-    ds = json.loads((m/'metrics.json').read_text()).get('dataset', 'heartnb model') if (m/'metrics.json').exists() else 'heartnb model'
+    ds = rec.get('dataset') or _run_dataset(rec['file']) or 'heartnb model'   # (`cv_summary` records it)
     name = {'physionet2016': 'PhysioNet 2016', 'pascal': 'PASCAL'}.get(ds, ds)
     return f"{name} ← {weights_label(rec.get('started_from'))}"
+
+# %% ../nbs/11_transfer.ipynb #b47dbf12
+def _run_dataset(fname)->str|None:
+    "The dataset a heartnb model (run folder or file in it) was trained on, from its `metrics.json`; None if unknown"
+    m = Path(fname); m = m if m.is_dir() else m.parent
+    return json.loads((m/'metrics.json').read_text()).get('dataset') if (m/'metrics.json').exists() else None
 
 # %% ../nbs/11_transfer.ipynb #925c06b5
 def _ms(d:dict, k:str, nd:int=3)->str: return f"{d[k]['mean']:.{nd}f} ± {d[k]['std']:.{nd}f}" if k in d else '–'
@@ -38,14 +43,15 @@ def cv_table(
     for name,d in folders.items():
         d = Path(d)
         if (d/'cv.json').exists():
-            r = json.loads((d/'cv.json').read_text()); s,su,b,folds = r['settings'],r['summary'],r['baseline'],r['folds']
-            classes = r['pooled']['classes']
+            r = json.loads((d/'cv.json').read_text()); s,su,b,folds = r['settings'],r['summary'],r.get('baseline'),r['folds']
+            classes = folds[0]['classes']
+            if len(folds) < s['k']: name = f"{name} ({len(folds)} of {s['k']} folds)"
         else:                                     # an unfinished run: the folds it finished, and says so
             folds = [json.loads(f.read_text()) for f in sorted(d.glob('fold*/metrics.json'))]
             if not folds or not (d/'settings.json').exists(): continue
             s,su,b,classes = json.loads((d/'settings.json').read_text()),summarize_reports(folds),None,folds[0]['classes']
             name = f"{name} ({len(folds)} of {s['k']} folds)"
-        meta = json.loads((d/'fold0'/'model.json').read_text())
+        meta = r if (d/'cv.json').exists() and 'pretrained' in r else json.loads((d/'fold0'/'model.json').read_text())
         secs = [f['seconds'] for f in folds]
         n_ep = s['freeze_epochs'] + s['epochs']
         per_epoch = sum(x.get('fit_frozen', 0) + x.get('fit_unfrozen', 0) for x in secs)/len(secs)/max(n_ep, 1)
@@ -63,10 +69,35 @@ def plot_cv_table(
     ax=None,              # matplotlib axis (default: a new figure)
     title:str='macro-F1, mean ± std over 5 patient-disjoint folds',
 ):
-    "Macro-F1 of each run as a horizontal bar with its fold standard deviation."
+    "Macro-F1 of each run (labelled by its row name) as a horizontal bar with its fold standard deviation."
     import matplotlib.pyplot as plt
-    if ax is None: ax = plt.subplots(figsize=(6, 0.35*len(t)+0.8))[1]
-    lbl = [f"{r.arch}, {r.weights} ({r.input})" for r in t.itertuples()]
-    ax.barh(lbl, t.macro_f1_mean, xerr=t.macro_f1_std, color='tab:blue', alpha=0.8, capsize=3)
+    if ax is None: ax = plt.subplots(figsize=(8, 0.3*len(t)+0.8))[1]
+    ax.barh(list(t.run), t.macro_f1_mean, xerr=t.macro_f1_std, color='tab:blue', alpha=0.8, capsize=3)
     ax.invert_yaxis(); ax.set_xlim(0, 1); ax.set_xlabel('macro-F1'); ax.set_title(title, fontsize=9)
     return ax
+
+# %% ../nbs/11_transfer.ipynb #611b7b18
+def cv_summary(
+    src,   # a `heartnb cv` output folder, finished or with some folds finished
+    dst,   # folder for the summary's `cv.json` (created)
+)->Path:   # the `cv.json` written
+    "Write a cross-validation run's results without its models or absolute paths: a `cv.json` that `cv_table` reads as it reads the run."
+    from heartnb.evaluate import summarize_reports
+    src,dst = Path(src),Path(dst)
+    def portable(rec):                        # a `pretrained` record with each heartnb model's dataset, and file names only
+        if not rec: return rec
+        rec = dict(rec)
+        if rec.get('weights') == 'heartnb': rec['dataset'] = rec.get('dataset') or _run_dataset(rec['file'])
+        if rec.get('file'): rec['file'] = Path(rec['file']).name
+        if rec.get('started_from'): rec['started_from'] = portable(rec['started_from'])
+        return rec
+    if (src/'cv.json').exists(): r = json.loads((src/'cv.json').read_text())
+    else:
+        folds = [json.loads(f.read_text()) for f in sorted(src.glob('fold*/metrics.json'))]
+        if not folds: raise FileNotFoundError(f"{src} has no cv.json and no finished fold")
+        r = dict(summary=summarize_reports(folds), folds=folds, settings=json.loads((src/'settings.json').read_text()))
+    r['pretrained'] = portable(json.loads((src/'fold0'/'model.json').read_text()).get('pretrained'))
+    r['settings'] = {k: Path(v).name if k in ('data', 'weights', 'png') and v else v for k,v in r['settings'].items()}
+    dst.mkdir(parents=True, exist_ok=True)
+    (dst/'cv.json').write_text(json.dumps(r, indent=1))
+    return dst/'cv.json'
