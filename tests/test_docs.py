@@ -10,7 +10,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT/'.ci'))
 import docs
 
-PAGES = ['index', '01_spectrogram', '05_predict']
+PAGES = ['index', '01_spectrogram', '04_interpret', '05_predict']
+# The figures each lesson keeps (saved by `tools/figures.py` from the real data; at least this many images, and players)
+FIGURES = {'00_data': (2, 3), '01_spectrogram': (2, 0), '02_dataloaders': (1, 0), '03_train': (2, 0), '04_interpret': (4, 0),
+           '05_predict': (1, 0), '08_audio_front': (2, 0), '08a_audio_core': (3, 1), '09_audio_augment': (2, 1),
+           '11_transfer': (1, 0), '12_rhythm': (2, 0)}
+BUDGET = 1_000_000      # bytes per notebook
 CHROMIUM = next((p for p in (shutil.which('chromium'), shutil.which('chromium-browser'), shutil.which('google-chrome'),
                              '/usr/bin/chromium') if p and Path(p).exists()), None)
 
@@ -29,6 +34,20 @@ def saved_images(name) -> int:
     "How many image outputs the notebook `name` has saved."
     return sum('image/png' in o.get('data', {}) or 'image/jpeg' in o.get('data', {})
                for c in nb_json(name)['cells'] if c['cell_type'] == 'code' for o in c.get('outputs', []))
+
+def saved_players(name) -> int:
+    "How many audio players (`IPython.display.Audio`) the notebook `name` has saved."
+    return sum('<audio' in ''.join(o.get('data', {}).get('text/html', ''))
+               for c in nb_json(name)['cells'] if c['cell_type'] == 'code' for o in c.get('outputs', []))
+
+def test_notebooks_keep_their_figures_and_stay_small():
+    for name,(n_img,n_audio) in FIGURES.items():
+        assert saved_images(name) >= n_img, f"{name}: {saved_images(name)} saved figures, {n_img} expected: run tools/figures.py"
+        assert saved_players(name) >= n_audio, f"{name}: {saved_players(name)} audio players, {n_audio} expected"
+    for nb in (ROOT/'nbs').glob('*.ipynb'):
+        assert nb.stat().st_size <= BUDGET, f"{nb.name}: {nb.stat().st_size/1e6:.2f} MB, over the 1 MB budget"
+        outs = [o for c in json.loads(nb.read_text())['cells'] for o in c.get('outputs', [])]
+        assert not any('\r' in ''.join(o.get('text', '')) for o in outs), f"{nb.name}: progress bars saved"
 
 def api_names(name) -> list:
     "The public functions and classes of the module the notebook `name` exports (its `default_exp`), [] if none."
@@ -64,7 +83,8 @@ def test_page_has_the_api_and_figures(site, name):
         assert re.search(rf'<span class="k">(def|class)</span>(<span class="w"> </span>)?<span class="n[fc]">{re.escape(n)}</span>', html), n
     if names: assert '<span class="c1">#' in html                      # docments: parameters documented in the signature
     n_img = saved_images(name)                                           # figures only where the notebook has saved them
-    if n_img: assert html.count('<img src="data:image/') >= n_img, f"{name}: {n_img} saved figures, fewer <img> tags"
+    n_tags = len(re.findall(r'<img [^>]*src="data:image/', html))
+    if n_img: assert n_tags >= n_img, f"{name}: {n_img} saved figures, {n_tags} <img> tags"
 
 @pytest.mark.skipif(CHROMIUM is None, reason="no Chromium (chromium, chromium-browser or google-chrome) to take screenshots with")
 @pytest.mark.parametrize('name', PAGES)

@@ -9,7 +9,7 @@ image is shrunk (at most `MAX_WIDTH` pixels wide, a 64-colour PNG), progress bar
 the metadata, and each notebook must stay under `BUDGET` bytes. A notebook that fails keeps its old outputs.
 `HEARTNB_RUNS` (default `runs/` beside `nbs/`) is where the lessons' real-data runs are written and looked for.
 """
-import base64, io, json, os, subprocess, sys, time
+import base64, io, json, os, re, subprocess, sys, time
 from pathlib import Path
 
 from PIL import Image
@@ -34,6 +34,13 @@ def _is_progress(out:dict)->bool:
     html = ''.join(out.get('data', {}).get('text/html', ''))
     return '<progress' in html
 
+_BAR = re.compile(r'█|^\s*Epoch \d+/\d+ :\s*$')   # fastprogress's console bars (and their blanked-out lines)
+
+def terminal_text(text:str)->str:
+    "`text` as a terminal leaves it: each line's last carriage-return segment, progress-bar lines dropped"
+    lines = [l.split('\r')[-1] for l in text.split('\n')]
+    return '\n'.join(l for l in lines if not _BAR.search(l))
+
 def shrink_notebook(path:Path)->dict:
     "Shrink the images saved in the notebook at `path` in place; returns counts and the size in bytes"
     nb = json.loads(path.read_text())
@@ -41,6 +48,9 @@ def shrink_notebook(path:Path)->dict:
     for cell in nb['cells']:
         if cell['cell_type'] != 'code': continue
         outs = [o for o in cell.get('outputs', []) if not _is_progress(o)]
+        for o in outs:
+            if o.get('output_type') == 'stream': o['text'] = terminal_text(''.join(o['text'])).lstrip('\n')
+        outs = [o for o in outs if o.get('output_type') != 'stream' or o['text'].strip()]
         for o in outs:
             data = o.get('data', {})
             if 'image/png' in data:
