@@ -31,7 +31,7 @@ mkdir -p "$dest" && cp -r "{data}"/set_a "{data}"/set_b "{data}"/set_a.csv "{dat
 RUNNER = '''
 import sys, types, time
 sys.modules['google.colab'] = types.ModuleType('google.colab')     # what the install cell looks for
-from execnb.nbio import read_nb, write_nb
+from fastcore.nbio import read_nb, write_nb
 from execnb.shell import CaptureShell
 src,dest,repo = sys.argv[1:4]
 nb = read_nb(src)
@@ -56,7 +56,7 @@ def main(data:Path, keep:Path|None=None)->int:
     t = time.time()
     venv.create(env_dir, with_pip=True)
     py = env_dir/'bin'/'python'
-    subprocess.run([str(py), '-m', 'pip', 'install', '-q', 'execnb'], check=True)   # the kernel: IPython, as Colab has
+    subprocess.run([str(py), '-m', 'pip', 'install', '-q', '--upgrade', 'pip', 'execnb'], check=True)   # a current pip, and IPython, as Colab has
     print(f"fresh environment with IPython: {time.time()-t:.0f} s", flush=True)
     env = {k: v for k,v in os.environ.items() if not k.startswith(('HEARTNB_', 'VIRTUAL_ENV', 'PYTHONPATH'))}
     env.update(PATH=f"{env_dir/'bin'}:{tmp/'bin'}:{env['PATH']}", PYTHONWARNINGS='ignore')
