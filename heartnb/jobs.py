@@ -122,7 +122,7 @@ def fit_recipe(
     resume:bool=False,  # go on from the last checkpoint
 )->tuple:               # (learner, `train_heart`'s result)
     "The middle stages: seed → DataLoaders (`heart_dls` or `audio_dls`) → `heart_learner` → `train_heart`."
-    from fastai.vision.all import set_seed, ProgressCallback
+    from fastai.vision.all import set_seed, ProgressCallback, noop
     from heartnb.dataloaders import heart_dls
     from heartnb.train import heart_learner, train_heart, distrib_setup
     distrib_setup()                    # under `accelerate launch`: this process's GPU, before the DataLoaders pick a device
@@ -136,7 +136,7 @@ def fit_recipe(
     else: dls = heart_dls(items, r['split'], r['valid_pct'], r['seed'], r['size'], r['bs'], balance=r['balance'], splitter=splitter, cfg=r['preset'])
     learn = heart_learner(dls, r['arch'], pretrained=r['pretrained'], weights=r['weights'], path=out, balance=r['balance'],
                           n_in=r['channels'] if audio else 3)
-    if not progress: learn.remove_cb(ProgressCallback)
+    if not progress: learn.remove_cb(ProgressCallback); learn.logger = noop   # no bars, and no raw epoch lists (history.csv has them)
     res = train_heart(learn, r['freeze_epochs'], r['epochs'], r['lr'], r['lr_mult'], out=out, num_it=r['num_it'],
                       checkpoints=checkpoints, resume=resume)
     return learn, res

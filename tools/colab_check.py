@@ -25,7 +25,7 @@ KAGGLE = '''#!/bin/sh
 # kaggle datasets download kinguistics/heartbeat-sounds -p DIR --unzip   (a stand-in: copies the local data)
 [ "$1 $2 $3" = "datasets download kinguistics/heartbeat-sounds" ] || { echo "fake kaggle: unexpected $*" >&2; exit 2; }
 dest=.; while [ $# -gt 0 ]; do [ "$1" = "-p" ] && dest=$2; shift; done
-mkdir -p "$dest" && cp -r "{data}"/set_a "{data}"/set_b "{data}"/set_a.csv "{data}"/set_b.csv "$dest"/ && echo "Downloading heartbeat-sounds.zip (copied)"
+mkdir -p "$dest" && cp -r "{data}"/. "$dest"/ && echo "Downloading heartbeat-sounds.zip (copied)"
 '''
 
 RUNNER = '''

@@ -79,7 +79,8 @@ def refresh(path:Path)->bool:
 def main(paths:list)->int:
     if not os.environ.get('HEARTNB_DATA'):
         sys.exit("figures.py: set HEARTNB_DATA to the PASCAL data folder (the figures come from the real recordings)")
-    os.environ.setdefault('HEARTNB_RUNS', str(ROOT/'runs'))
+    os.environ['HEARTNB_RUNS'] = str(Path(os.environ.get('HEARTNB_RUNS') or ROOT/'runs').resolve())   # the notebooks run in nbs/
+    os.environ.setdefault('PYTHONWARNINGS', 'ignore')           # a library's deprecation notice is not part of a lesson
     nbs = [Path(p).resolve() for p in paths] or sorted((ROOT/'nbs').glob('[0-9a-z]*.ipynb'))
     failed = [p.name for p in nbs if not refresh(p)]
     over = []
