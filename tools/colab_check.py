@@ -29,38 +29,42 @@ mkdir -p "$dest" && cp -r "{data}"/. "$dest"/ && echo "Downloading heartbeat-sou
 '''
 
 RUNNER = '''
-import sys, types, time
-sys.modules['google.colab'] = types.ModuleType('google.colab')     # what the install cell looks for
+import importlib.machinery, sys, types, time
 from fastcore.nbio import read_nb, write_nb
 from execnb.shell import CaptureShell
 src,dest,repo = sys.argv[1:4]
 nb = read_nb(src)
 for c in nb.cells: c.source = c.source.replace({github!r}, 'git+file://' + repo)
-sh = CaptureShell()
+sh = CaptureShell()            # a kernel whose namespace is __main__, as Colab's ipykernel has (pickling needs it)
+colab = types.ModuleType('google.colab')      # what the install cell looks for (made after the shell: execnb would
+colab.__spec__ = importlib.machinery.ModuleSpec('google.colab', None)   # take itself for a notebook front end);
+sys.modules['google.colab'] = colab                                     # with a spec, as libraries look for it (accelerate)
 t = time.time()
 sh.run_all(nb, exc_stop=True)
 write_nb(nb, dest)
 print(f"{{time.time()-t:.0f}}")
 '''
 
-def main(data:Path, keep:Path|None=None)->int:
+def main(data:Path, keep:Path|None=None, start:str|None=None)->int:
     tmp = Path(keep or tempfile.mkdtemp(prefix='colab-'))
-    if keep and tmp.exists(): shutil.rmtree(tmp)
+    env_dir,repo = tmp/'venv',tmp/'repo'
+    reuse = bool(start and keep and (env_dir/'bin'/'python').exists())   # go on from `start` in the environment kept
+    if keep and tmp.exists() and not reuse: shutil.rmtree(tmp)
+    if reuse: shutil.rmtree(repo); shutil.rmtree(tmp/'content', ignore_errors=True); shutil.rmtree(tmp/'bin')
     (tmp/'bin').mkdir(parents=True)
-    repo = tmp/'repo'
     subprocess.run(['git', 'clone', '-q', str(ROOT), str(repo)], check=True)   # what GitHub would serve: HEAD, committed
     (tmp/'bin'/'kaggle').write_text(KAGGLE.replace('{data}', str(data.resolve())))
     (tmp/'bin'/'kaggle').chmod(0o755)
     (tmp/'run_nb.py').write_text(RUNNER.format(github=GITHUB))
-    env_dir = tmp/'venv'
     t = time.time()
-    venv.create(env_dir, with_pip=True)
     py = env_dir/'bin'/'python'
-    subprocess.run([str(py), '-m', 'pip', 'install', '-q', '--upgrade', 'pip', 'execnb'], check=True)   # a current pip, and IPython, as Colab has
-    print(f"fresh environment with IPython: {time.time()-t:.0f} s", flush=True)
+    if not reuse:
+        venv.create(env_dir, with_pip=True)
+        subprocess.run([str(py), '-m', 'pip', 'install', '-q', '--upgrade', 'pip', 'execnb'], check=True)   # a current pip, and IPython, as Colab has
+        print(f"fresh environment with IPython: {time.time()-t:.0f} s", flush=True)
     env = {k: v for k,v in os.environ.items() if not k.startswith(('HEARTNB_', 'VIRTUAL_ENV', 'PYTHONPATH'))}
     env.update(PATH=f"{env_dir/'bin'}:{tmp/'bin'}:{env['PATH']}", PYTHONWARNINGS='ignore')
-    for name in NOTEBOOKS:
+    for name in NOTEBOOKS[NOTEBOOKS.index(start) if start else 0:]:
         content = tmp/'content'/name                     # Colab's /content: the notebook alone in an empty folder
         content.mkdir(parents=True)
         shutil.copy(ROOT/'nbs'/f'{name}.ipynb', content)
@@ -71,12 +75,13 @@ def main(data:Path, keep:Path|None=None)->int:
             print(f"{name}: FAILED after {time.time()-t:.0f} s\n{r.stdout[-4000:]}\n{r.stderr[-4000:]}", file=sys.stderr)
             return 1
         print(f"{name:16s} ran in {time.time()-t:4.0f} s", flush=True)
-    print(f"all {len(NOTEBOOKS)} notebooks ran; executed copies in {tmp/'content'}")
+    print(f"the notebooks ran; executed copies in {tmp/'content'}")
     return 0
 
 if __name__ == '__main__':
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument('--data', type=Path, required=True, help="the PASCAL data (Kaggle layout), served by the fake `kaggle`")
     p.add_argument('--keep', type=Path, help="work here and keep it (default: a new temporary folder)")
+    p.add_argument('--start', choices=NOTEBOOKS, help="begin with this notebook, in the environment kept in --keep")
     a = p.parse_args()
-    sys.exit(main(a.data, a.keep))
+    sys.exit(main(a.data, a.keep, a.start))
