@@ -18,7 +18,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ['00_data', '00a_progress', '00b_safety', '01_spectrogram', '02_dataloaders', '03_train', '03a_backbones',
-             '03b_nets', '04_interpret', '05_predict']
+             '03b_nets', '04_interpret', '05_predict', '05a_evaluate']
 GITHUB = 'git+https://github.com/heartnb/heartnb'
 
 KAGGLE = '''#!/bin/sh
