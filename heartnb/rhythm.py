@@ -85,6 +85,22 @@ def heart_period(
 # %% ../nbs/12_rhythm.ipynb #63edfbe1
 RHYTHM_FEATURES = ['n_sounds', 'heart_rate', 'cycle_cv', 'cycle_min', 'cycle_max', 'cycle_off20', 'ac_peak']
 
+# %% ../nbs/12_rhythm.ipynb #ea2573c9
+def _sound_features(
+    t:np.ndarray,   # heart-sound times from `detect_sounds`, s
+    ac:float,       # envelope autocorrelation at the heart period (`heart_period`)
+    off:float=0.2,  # a cycle is irregular when it differs from the median cycle by more than this fraction
+)->dict:            # `RHYTHM_FEATURES`, NaN where too few sounds were found
+    "The rhythm features from the heart sounds' times: a cycle runs from one sound to the next-but-one."
+    c = t[2:] - t[:-2]
+    med = np.median(c) if len(c) else np.nan
+    r = c/med
+    enough = len(c) >= 2
+    return dict(n_sounds=float(len(t)), heart_rate=60/med if len(c) else np.nan,
+                cycle_cv=float(c.std()/c.mean()) if enough else np.nan,
+                cycle_min=float(r.min()) if enough else np.nan, cycle_max=float(r.max()) if enough else np.nan,
+                cycle_off20=float(np.mean(np.abs(r - 1) > off)) if enough else np.nan, ac_peak=ac)
+
 # %% ../nbs/12_rhythm.ipynb #eb44d274
 def rhythm_features(
     y:np.ndarray,             # mono waveform, shape (n_samples,)
@@ -106,16 +122,7 @@ def rhythm_features(
     if not np.isfinite(y).all(): raise ValueError("recording not finite: it holds NaN or infinite samples")
     if np.ptp(y) == 0: raise ValueError("recording silent: all samples are equal")
     env,esr = pcg_envelope(bandpass(y, sr, lo, hi), sr, method)
-    t = detect_sounds(env, esr)
-    _,ac = heart_period(env, esr)
-    c = t[2:] - t[:-2]
-    med = np.median(c) if len(c) else np.nan
-    r = c/med
-    enough = len(c) >= 2
-    return dict(n_sounds=float(len(t)), heart_rate=60/med if len(c) else np.nan,
-                cycle_cv=float(c.std()/c.mean()) if enough else np.nan,
-                cycle_min=float(r.min()) if enough else np.nan, cycle_max=float(r.max()) if enough else np.nan,
-                cycle_off20=float(np.mean(np.abs(r - 1) > off)) if enough else np.nan, ac_peak=ac)
+    return _sound_features(detect_sounds(env, esr), heart_period(env, esr)[1], off)
 
 # %% ../nbs/12_rhythm.ipynb #7a92efd5
 def plot_rhythm(
@@ -138,8 +145,8 @@ def plot_rhythm(
     ax.plot(np.arange(len(yb))/sr, 2*yb/np.abs(yb).max(), color='0.6', lw=0.4, label='band-passed PCG')
     ax.plot(np.arange(len(env))/esr, env, color='tab:blue', lw=1, label='Shannon envelope')
     ax.plot(t, env[np.round(t*esr).astype(int)] + 0.3, 'v', color='tab:red', ms=5, label='heart sounds')
-    f = rhythm_features(y, sr)
-    ax.set_title(f"{title}  |  {f['heart_rate']:.0f} bpm, cycle CV {f['cycle_cv']:.2f}, off by >20%: {f['cycle_off20']:.0%}", fontsize=9)
+    f = _sound_features(t, heart_period(env, esr)[1], off)   # what `rhythm_features` gives, from the sounds already found
+    ax.set_title(f"{title}  |  {f['heart_rate']:.0f} bpm, cycle CV {f['cycle_cv']:.2f}, off by >{off:.0%}: {f['cycle_off20']:.0%}", fontsize=9)
     ax.set_xlim(0, seconds or len(y)/sr); ax.set_yticks([]); ax.set_xlabel('time, s')
     return ax
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 import pandas as pd
+from .spectrogram import atomic_write
 
 # %% auto #0
 __all__ = ['weights_label', 'cv_table', 'plot_cv_table', 'cv_summary']
@@ -31,32 +32,39 @@ def _run_dataset(fname)->str|None:
     m = Path(fname); m = m if m.is_dir() else m.parent
     return json.loads((m/'metrics.json').read_text()).get('dataset') if (m/'metrics.json').exists() else None
 
+# %% ../nbs/11_transfer.ipynb #1fc6d8de
+def _read_cv(
+    d,             # a `heartnb cv` output folder (finished or not), or a `cv_summary` folder
+)->dict|None:      # `cv.json`'s contents (`settings`, `summary`, `folds`, `baseline` when finished) with `pretrained`; None before any fold finished
+    "A cross-validation run as its `cv.json` records it; for an unfinished run, the same from the folds it finished."
+    from heartnb.evaluate import summarize_reports
+    d = Path(d)
+    if (d/'cv.json').exists(): r = json.loads((d/'cv.json').read_text())
+    else:
+        folds = [json.loads(f.read_text()) for f in sorted(d.glob('fold*/metrics.json'))]
+        if not folds or not (d/'settings.json').exists(): return None
+        r = dict(summary=summarize_reports(folds), folds=folds, settings=json.loads((d/'settings.json').read_text()))
+    if 'pretrained' not in r: r['pretrained'] = json.loads((d/'fold0'/'model.json').read_text()).get('pretrained')   # what the models started from
+    return r
+
 # %% ../nbs/11_transfer.ipynb #925c06b5
 def _ms(d:dict, k:str, nd:int=3)->str: return f"{d[k]['mean']:.{nd}f} ± {d[k]['std']:.{nd}f}" if k in d else '–'
 
 def cv_table(
-    folders:dict,  # {row name: `heartnb cv` output folder}; folders without `cv.json` are left out
+    folders:dict,  # {row name: `heartnb cv` output folder}; folders with no finished fold are left out
 )->pd.DataFrame:   # one row per run
     "The cross-validation results of several runs side by side (mean ± std over folds), with what each started from; an unfinished run shows the folds it finished, and says how many."
-    from heartnb.evaluate import summarize_reports
     rows = []
     for name,d in folders.items():
-        d = Path(d)
-        if (d/'cv.json').exists():
-            r = json.loads((d/'cv.json').read_text()); s,su,b,folds = r['settings'],r['summary'],r.get('baseline'),r['folds']
-            classes = folds[0]['classes']
-            if len(folds) < s['k']: name = f"{name} ({len(folds)} of {s['k']} folds)"
-        else:                                     # an unfinished run: the folds it finished, and says so
-            folds = [json.loads(f.read_text()) for f in sorted(d.glob('fold*/metrics.json'))]
-            if not folds or not (d/'settings.json').exists(): continue
-            s,su,b,classes = json.loads((d/'settings.json').read_text()),summarize_reports(folds),None,folds[0]['classes']
-            name = f"{name} ({len(folds)} of {s['k']} folds)"
-        meta = r if (d/'cv.json').exists() and 'pretrained' in r else json.loads((d/'fold0'/'model.json').read_text())
+        if (r := _read_cv(d)) is None: continue
+        s,su,b,folds = r['settings'],r['summary'],r.get('baseline'),r['folds']
+        classes = folds[0]['classes']
+        if len(folds) < s['k']: name = f"{name} ({len(folds)} of {s['k']} folds)"   # an unfinished run says so
         secs = [f['seconds'] for f in folds]
         n_ep = s['freeze_epochs'] + s['epochs']
         per_epoch = sum(x.get('fit_frozen', 0) + x.get('fit_unfrozen', 0) for x in secs)/len(secs)/max(n_ep, 1)
         rows.append({'run': name, 'set': s.get('subset') or s.get('dataset'), 'input': s.get('input', 'png'),
-                     'arch': s['arch'], 'weights': weights_label(meta.get('pretrained')),
+                     'arch': s['arch'], 'weights': weights_label(r['pretrained']),
                      'accuracy': _ms(su, 'accuracy'), 'balanced acc.': _ms(su, 'balanced_accuracy'), 'macro-F1': _ms(su, 'macro_f1'),
                      **{f'recall {c}': _ms(su, f'recall/{c}', 2) for c in classes},
                      'baseline acc./bal./F1': f"{b['accuracy']:.3f} / {b['balanced_accuracy']:.3f} / {b['macro_f1']:.3f}" if b else '–',
@@ -82,7 +90,6 @@ def cv_summary(
     dst,   # folder for the summary's `cv.json` (created)
 )->Path:   # the `cv.json` written
     "Write a cross-validation run's results without its models or absolute paths: a `cv.json` that `cv_table` reads as it reads the run."
-    from heartnb.evaluate import summarize_reports
     src,dst = Path(src),Path(dst)
     def portable(rec):                        # a `pretrained` record with each heartnb model's dataset, and file names only
         if not rec: return rec
@@ -91,13 +98,8 @@ def cv_summary(
         if rec.get('file'): rec['file'] = Path(rec['file']).name
         if rec.get('started_from'): rec['started_from'] = portable(rec['started_from'])
         return rec
-    if (src/'cv.json').exists(): r = json.loads((src/'cv.json').read_text())
-    else:
-        folds = [json.loads(f.read_text()) for f in sorted(src.glob('fold*/metrics.json'))]
-        if not folds: raise FileNotFoundError(f"{src} has no cv.json and no finished fold")
-        r = dict(summary=summarize_reports(folds), folds=folds, settings=json.loads((src/'settings.json').read_text()))
-    r['pretrained'] = portable(json.loads((src/'fold0'/'model.json').read_text()).get('pretrained'))
+    if (r := _read_cv(src)) is None: raise FileNotFoundError(f"{src} has no cv.json and no finished fold")
+    r['pretrained'] = portable(r['pretrained'])
     r['settings'] = {k: Path(v).name if k in ('data', 'weights', 'png') and v else v for k,v in r['settings'].items()}
-    dst.mkdir(parents=True, exist_ok=True)
-    (dst/'cv.json').write_text(json.dumps(r, indent=1))
+    atomic_write(dst/'cv.json', lambda t: Path(t).write_text(json.dumps(r, indent=1)))   # complete or absent
     return dst/'cv.json'

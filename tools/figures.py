@@ -23,12 +23,13 @@ def shrink_png(b64:str, max_width:int=MAX_WIDTH)->tuple[str,int]:
     "A base64 PNG at most `max_width` pixels wide, quantized to `COLOURS` colours; returns (base64, width)"
     im = Image.open(io.BytesIO(base64.b64decode(b64)))
     im.load()
+    width = im.width
     if im.width > max_width: im = im.resize((max_width, round(im.height*max_width/im.width)), Image.LANCZOS)
     if im.mode != 'P': im = im.convert('RGB').quantize(COLOURS, method=Image.Quantize.MEDIANCUT)
     buf = io.BytesIO()
     im.save(buf, 'PNG', optimize=True)
     new = base64.b64encode(buf.getvalue()).decode()
-    return (new if len(new) < len(b64) else b64), im.width
+    return (new, im.width) if len(new) < len(b64) else (b64, width)   # never larger than it was
 
 def _is_progress(out:dict)->bool:
     html = ''.join(out.get('data', {}).get('text/html', ''))
