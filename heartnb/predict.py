@@ -298,7 +298,7 @@ def load_safe(
 
 # %% ../nbs/05_predict.ipynb #06358d31
 def open_model(
-    fname, # `*.safetensors`/`*.json`/run folder (safe), a `heartnb cv` folder (its fold models, an `Ensemble`), or `*.pkl` (fastai pickle: trusted files only)
+    fname, # `*.safetensors`/`*.json`/run folder (safe), a `heartnb cv` folder (its fold models, an `Ensemble`), a `heartnb stack` folder (`RhythmStack`), or `*.pkl` (fastai pickle: trusted files only)
     trust_pickle:bool=False, # load a `.pkl` (a pickle runs any code it holds: only for files you made yourself)
 )->'SafeModel|Ensemble|Learner':
     "Load a model by its file name: the safe loader for safetensors; `load_model` (pickle) only for `.pkl` and only with `trust_pickle`. Raises `UnsafeModelError` for a pickle without it."
@@ -311,6 +311,9 @@ def open_model(
                                               f"no trust: {safe} (with model.json beside it{'' if safe.exists() else '; none is there'})."),
                              trust_pickle="Only if you made this file yourself, pass --trust-pickle.")
         return load_model(fname)
+    if fname.name == 'stack.json' or (fname/'stack.json').exists():
+        from heartnb.rhythm import load_stack          # a rhythm stack on cross-validation runs (`12_rhythm`)
+        return load_stack(fname)
     if fname.is_dir() and not (fname/'model.safetensors').exists() and (folds := sorted(fname.glob('fold*/model.safetensors'))):
         return Ensemble([load_safe(f) for f in folds])
     return load_safe(fname)
@@ -347,6 +350,7 @@ def wav_images(
 def _predict(model, wavs:list, bs:int=16, tta:int=0)->tuple:
     "(probabilities (len(wavs), n_classes), NaN for a recording that failed; {index: the `AudioError`} of those)"
     model = as_predictor(model)
+    if hasattr(model, 'predict_files'): return model.predict_files(wavs, bs, tta)   # a model that reads the recordings itself (`RhythmStack`)
     imgs,errs = [],{}
     for i,w in enumerate(wavs):
         try: imgs.append(wav_images(model, w))

@@ -9,10 +9,12 @@ from __future__ import annotations
 from pathlib import Path
 import numpy as np, pandas as pd
 from scipy import signal
+from .data import HeartnbError
 
 # %% auto #0
-__all__ = ['RHYTHM_FEATURES', 'RHYTHM_ROWS', 'bandpass', 'pcg_envelope', 'detect_sounds', 'heart_period', 'rhythm_features',
-           'plot_rhythm', 'rhythm_table', 'fold_scores', 'second_level', 'stack_cv', 'rhythm_cv_table']
+__all__ = ['RHYTHM_FEATURES', 'RHYTHM_ROWS', 'STACK_FILE', 'bandpass', 'pcg_envelope', 'detect_sounds', 'heart_period',
+           'rhythm_features', 'plot_rhythm', 'rhythm_table', 'fold_scores', 'second_level', 'stack_cv',
+           'rhythm_cv_table', 'cv_oof', 'fit_stack', 'stack_probs', 'RhythmStack', 'stack_job', 'load_stack']
 
 # %% ../nbs/12_rhythm.ipynb #1817b7c8
 def bandpass(
@@ -152,14 +154,14 @@ def plot_rhythm(
 
 # %% ../nbs/12_rhythm.ipynb #27ca3c9d
 def rhythm_table(
-    oof_csv,                # `heartnb cv`'s oof.csv: path, label, patient, predicted, one probability column per class, fold
+    oof_csv,                # `heartnb cv`'s oof.csv (or its DataFrame, e.g. from `cv_oof`): path, label, patient, predicted, one probability column per class, fold
     data=None,              # dataset folder: recordings are looked up by file name under it (any depth) when the CSV's path is absent
     sr:int=4000,            # sample rate the recordings are read at, Hz
     cache=None,             # a CSV of features by path: read if it exists (recordings it lacks are computed), written after
 )->pd.DataFrame:            # oof.csv's rows with the `RHYTHM_FEATURES` columns and `rhythm_error` (why a recording has no features, else '')
     "The out-of-fold CNN predictions of `oof_csv` beside the rhythm features of each recording (`rhythm_features`). Raises `FileNotFoundError` naming a recording found neither at its path nor under `data`."
-    from heartnb.spectrogram import load_audio
-    df = pd.read_csv(oof_csv)
+    from heartnb.spectrogram import load_audio, atomic_write
+    df = oof_csv.reset_index(drop=True) if isinstance(oof_csv, pd.DataFrame) else pd.read_csv(oof_csv)
     known = pd.read_csv(cache).set_index('path') if cache and Path(cache).exists() else pd.DataFrame()
     by_name = {p.name: p for p in Path(data).rglob('*.wav')} if data else {}
     rows = []
@@ -171,7 +173,7 @@ def rhythm_table(
         except ValueError as e: rows.append(dict({k: np.nan for k in RHYTHM_FEATURES}, rhythm_error=str(e)))
     feats = pd.DataFrame(rows, index=df.path.values)[RHYTHM_FEATURES + ['rhythm_error']]
     feats['rhythm_error'] = feats.rhythm_error.fillna('')
-    if cache: feats.rename_axis('path').to_csv(cache)
+    if cache: atomic_write(Path(cache), lambda t: feats.rename_axis('path').to_csv(t))   # complete or absent
     return pd.concat([df.reset_index(drop=True), feats.reset_index(drop=True)], axis=1)
 
 # %% ../nbs/12_rhythm.ipynb #f16c7f4a
@@ -257,3 +259,131 @@ def rhythm_cv_table(
                     **{f'recall {c}': cell(f'recall/{c}', 2) for c in classes},
                     **{f'{k}_mean': s[k].mean() for k in s}})
     return pd.DataFrame(out).set_index('model')
+
+# %% ../nbs/12_rhythm.ipynb #58a7f58f
+def cv_oof(
+    cvs:list,        # `heartnb cv` output folders (finished: each has an oof.csv), made on the same recordings and folds
+)->pd.DataFrame:     # oof.csv's rows (path, label, patient, fold), each class's probability the mean over the runs, `predicted` their arg-max
+    "The out-of-fold CNN probabilities of one or more cross-validation runs, averaged. Raises `HeartnbError` if a run has no oof.csv, or the runs differ in recordings, folds or classes."
+    dfs = []
+    for d in map(Path, cvs):
+        if not (d/'oof.csv').exists():
+            raise HeartnbError(f"{d}: no oof.csv, so not a finished `heartnb cv` folder: finish the run (the same command resumes it) or pass another folder.")
+        dfs.append(pd.read_csv(d/'oof.csv', dtype={'patient': str}).sort_values('path', ignore_index=True))
+    if not dfs: raise HeartnbError("give at least one `heartnb cv` folder")
+    df,classes = dfs[0],[c for c in dfs[0].columns if c not in ('path','label','patient','predicted','fold')]
+    for d,o in zip(cvs[1:], dfs[1:]):
+        if list(o.path) != list(df.path) or list(o.fold) != list(df.fold) or sorted(o.columns) != sorted(df.columns):
+            raise HeartnbError(f"{d} and {cvs[0]} were not made on the same recordings, folds and classes: stack runs of the same "
+                               f"`--data`, `--subset`, `--split`, `--k` and `--seed`.")
+    df = df.assign(**{c: np.mean([o[c].to_numpy(float) for o in dfs], 0) for c in classes})
+    return df.assign(predicted=df[classes].idxmax(axis=1))
+
+# %% ../nbs/12_rhythm.ipynb #7d626c7f
+def fit_stack(
+    df:pd.DataFrame,      # from `rhythm_table`: label, one probability column per class, the `RHYTHM_FEATURES`
+    classes:list,         # class names, in the order of the CNN's probability columns
+    features:list=None,   # rhythm features used (default: `RHYTHM_FEATURES`)
+)->dict:                  # JSON-ready: classes, features, median, mean, scale, coef (one row per class; one row for 2 classes), intercept
+    "Fit `second_level('logreg')` on every row of `df` (CNN log-probabilities and rhythm features, as `stack_cv`) and return its parameters as plain numbers for `stack_probs`."
+    feats = list(features or RHYTHM_FEATURES)
+    X = np.concatenate([np.log(np.clip(df[classes].to_numpy(float), 1e-4, 1)), df[feats].to_numpy(float)], 1)
+    imp,sc,lr = second_level('logreg').fit(X, df.label).named_steps.values()
+    if list(lr.classes_) != sorted(classes): raise HeartnbError(f"the labels {list(lr.classes_)} are not the classes {classes}")
+    return dict(classes=list(map(str, lr.classes_)), features=feats, median=imp.statistics_.tolist(), mean=sc.mean_.tolist(),
+                scale=sc.scale_.tolist(), coef=lr.coef_.tolist(), intercept=lr.intercept_.tolist())
+
+# %% ../nbs/12_rhythm.ipynb #5a86ee6a
+def stack_probs(
+    params:dict,          # from `fit_stack`
+    probs:np.ndarray,     # CNN class probabilities, shape (n, n_classes), columns in `params['classes']` order
+    feats:np.ndarray,     # rhythm features, shape (n, n_features), in `params['features']` order; NaN where missing
+)->np.ndarray:            # class probabilities, shape (n, n_classes)
+    "The logistic regression of `fit_stack` in numpy, as scikit-learn's `predict_proba`: missing features set to the training median, standardised, softmax of the linear scores (logistic for 2 classes)."
+    x = np.concatenate([np.log(np.clip(np.asarray(probs, float), 1e-4, 1)), np.asarray(feats, float)], 1)
+    x = np.where(np.isnan(x), np.array(params['median']), x)
+    z = (x - np.array(params['mean']))/np.array(params['scale']) @ np.array(params['coef']).T + np.array(params['intercept'])
+    if z.shape[1] == 1: z = np.concatenate([-z, z], 1)/2      # two classes: sigmoid(z) = softmax([-z/2, z/2])
+    e = np.exp(z - z.max(1, keepdims=True))
+    return e/e.sum(1, keepdims=True)
+
+# %% ../nbs/12_rhythm.ipynb #5ebade44
+class RhythmStack:
+    "The rhythm stack as a predictor (`load_stack`): the mean probabilities of its CNN runs' fold models and the rhythm features of the same recording, through `stack_probs`."
+    def __init__(self,
+        cnns:list,         # the CNN runs' fold models, each an `Ensemble` (or any predictor `predict_probs` takes), classes in `params['classes']` order
+        params:dict,       # from `fit_stack`
+        sr:int=4000,       # sample rate the rhythm features are computed at, Hz
+        meta:dict=None,    # what stack.json records (runs, scores)
+    ):
+        self.cnns,self.params,self.sr,self.meta = cnns,params,sr,meta or {}
+        self.vocab = list(params['classes'])
+        for m in cnns:
+            if list(m.vocab) != self.vocab: raise HeartnbError(f"a CNN of the stack has classes {list(m.vocab)}, the stack {self.vocab}: refit it with `heartnb stack`.")
+
+    def predict_files(self,
+        wavs:list,    # audio files
+        bs:int=16,    # CNN inputs per batch
+        tta:int=0,    # CNN test-time augmentation passes
+    )->tuple:         # (probabilities, shape (len(wavs), n_classes), NaN rows for recordings that failed; {index: the `AudioError`} of those)
+        "The stack's probabilities for each recording, in the form `predict_probs` and `predict_wavs` use."
+        import torch
+        from heartnb.predict import _predict
+        from heartnb.spectrogram import load_audio
+        res = [_predict(m, wavs, bs, tta) for m in self.cnns]
+        probs = torch.stack([p for p,_ in res]).mean(0).numpy()
+        errs = {i: e for _,es in res for i,e in es.items()}
+        feats = np.full((len(wavs), len(self.params['features'])), np.nan)
+        for i,w in enumerate(wavs):
+            if i in errs: continue
+            try: f = rhythm_features(load_audio(w, self.sr, usable=False)[0], self.sr)
+            except ValueError: continue        # too short or silent for rhythm: imputed, as in training
+            feats[i] = [f[k] for k in self.params['features']]
+        out = np.full_like(probs, np.nan)
+        if (ok := np.isfinite(probs).all(1)).any(): out[ok] = stack_probs(self.params, probs[ok], feats[ok])
+        return torch.from_numpy(out).float(), errs
+
+# %% ../nbs/12_rhythm.ipynb #8b0808af
+STACK_FILE = 'stack.json'
+
+def stack_job(
+    out,                # folder to create: stack.json, rhythm_features.csv
+    cvs:list,           # `heartnb cv` output folders (finished), made on the same recordings and folds
+    data=None,          # dataset folder where recordings that moved are looked up by name (default: `$HEARTNB_DATA`)
+)->dict:                # the contents of stack.json
+    "Fit the rhythm stack on cross-validation runs (see above): their averaged out-of-fold probabilities, rhythm features, scores on the runs' own folds (CNN alone and stacked), and the regression on all recordings. Raises `HeartnbError`."
+    import os, json
+    from heartnb.transfer import _read_cv
+    from heartnb.spectrogram import atomic_write
+    out,cvs = Path(out),[Path(c) for c in cvs]
+    df = cv_oof(cvs)
+    classes = [c for c in df.columns if c not in ('path','label','patient','predicted','fold')]
+    new = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    try: tab = rhythm_table(df, data=data or os.environ.get('HEARTNB_DATA'), cache=out/'rhythm_features.csv')
+    except BaseException:
+        if new and not any(out.iterdir()): out.rmdir()        # leave nothing behind
+        raise
+    def summary(inputs):
+        s = pd.DataFrame(stack_cv(tab, inputs, 'logreg', classes)[0])
+        return {k: dict(mean=float(s[k].mean()), std=float(s[k].std(ddof=1))) for k in s}
+    s = dict(kind='heartnb rhythm stack', classes=classes, sr=4000, n_recordings=len(tab), k=int(tab.fold.nunique()),
+             cnn=[os.path.relpath(c.absolute(), out.absolute()) for c in cvs], pretrained=[_read_cv(c)['pretrained'] for c in cvs],
+             no_rhythm=int((tab.rhythm_error != '').sum()), cv=dict(cnn=summary('cnn-argmax'), stacked=summary('cnn+rhythm')), params=fit_stack(tab, classes))
+    atomic_write(out/STACK_FILE, lambda t: Path(t).write_text(json.dumps(s, indent=1)))
+    return s
+
+# %% ../nbs/12_rhythm.ipynb #0c031e49
+def load_stack(
+    path,     # a `stack_job` folder, or its stack.json
+)->RhythmStack:
+    "The rhythm stack of `path` with the fold models of its CNN runs (`open_model`), which it finds where they were, relative to the stack. Raises `HeartnbError` naming a missing or damaged file."
+    import json
+    from heartnb.predict import open_model
+    path = Path(path)
+    fn = path if path.suffix == '.json' else path/STACK_FILE
+    try: s = json.loads(fn.read_text()); runs = [fn.parent/c for c in s['cnn']]
+    except (OSError, ValueError, KeyError, TypeError) as e: raise HeartnbError(f"{fn}: not a heartnb rhythm stack ({e}): make one with `heartnb stack`.") from None
+    for r in runs:
+        if not r.is_dir(): raise HeartnbError(f"{fn} uses the cross-validation run {r}, which is not there: keep the stack and its `heartnb cv` folders where they were, or run `heartnb stack` again.")
+    return RhythmStack([open_model(r) for r in runs], s['params'], s['sr'], meta=s)

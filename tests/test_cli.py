@@ -228,11 +228,17 @@ def test_evaluate_on_a_folder_with_some_files_missing(trained, synth, tmp_path):
     rc,txt = run_cli('evaluate', trained, '--data', part, '--subset', 'a')
     assert rc == 1 and 'set_a.csv' in txt and 'Traceback' not in txt
 
-def test_cv_command_and_ensemble(synth, tmp_path):
-    out = tmp_path/'cv'
+@pytest.fixture(scope='module')
+def cvrun(synth, tmp_path_factory):
+    "A 2-fold `heartnb cv` run on the synthetic data at 32 px, from random weights: (its folder, what it printed)."
+    out = tmp_path_factory.mktemp('cvrun')/'cv'
     rc,txt = run_cli('cv', '--data', synth, '--out', out, '--k', 2, '--size', 32, '--bs', 8, '--freeze-epochs', 1, '--epochs', 1,
                      '--lr', 3e-3, '--no-pretrained', '--workers', 0, '--balance', 'weights')
     assert rc == 0, txt
+    return out,txt
+
+def test_cv_command_and_ensemble(synth, cvrun):
+    out,txt = cvrun
     assert '2-fold patient cross-validation' in txt and '±' in txt
     cv = json.loads((out/'cv.json').read_text())
     assert len(cv['folds']) == 2 and cv['settings']['balance'] == 'weights'
@@ -292,3 +298,33 @@ def test_progress_in_a_log_is_a_few_lines(synth, tmp_path):
     table = [l.split() for l in r.stdout.splitlines() if l.split()[:1] == ['epoch'] or l[:1].isdigit()]
     assert [row[0] for row in table] == ['epoch', '0', 'epoch', '0', '1'], r.stdout   # frozen, then unfrozen: a header and a row per epoch
     assert len(table[1]) == len(table[0])
+
+def test_rhythm_stack_command(synth, cvrun, tmp_path):
+    "`heartnb stack` on a cv run: a model that `predict` and `evaluate` take, equal to its parts done by hand (12_rhythm)."
+    from heartnb.data import index_dataset
+    from heartnb.predict import open_model, predict_probs
+    from heartnb.rhythm import RhythmStack, stack_probs, rhythm_features
+    from heartnb.spectrogram import load_audio
+    out,st = cvrun[0],tmp_path/'stack'
+    rc,txt = run_cli('stack', out, '--out', st, '--data', synth)
+    assert rc == 0 and 'stacked' in txt and 'CNN alone' in txt, txt
+    s,oof = json.loads((st/'stack.json').read_text()),pd.read_csv(out/'oof.csv')
+    assert s['classes'] == ['extrastole','murmur','normal'] and s['n_recordings'] == len(oof) and s['k'] == 2 and (st/s['cnn'][0]).resolve() == out.resolve()
+    assert s['pretrained'][0]['weights'] == 'none' and set(s['cv']) == {'cnn', 'stacked'}
+    stk = open_model(st)
+    assert isinstance(stk, RhythmStack)
+    wavs = oof.path[:4].tolist()
+    p = predict_probs(stk, wavs)
+    f = np.array([[rhythm_features(load_audio(w, 4000, usable=False)[0], 4000)[k] for k in s['params']['features']] for w in wavs])
+    np.testing.assert_allclose(p, stack_probs(s['params'], predict_probs(open_model(out), wavs).numpy(), f), atol=1e-5)   # by hand
+    assert np.allclose(p.sum(1), 1) and not np.allclose(p, predict_probs(open_model(out), wavs), atol=1e-3)
+    r = run('predict', st, *wavs, '--json')
+    assert r.returncode == 0, r.stderr
+    assert [d['label'] for d in json.loads(r.stdout)] == [s['classes'][i] for i in p.argmax(1)]
+    r = run('evaluate', st, '--data', synth, '--json')
+    assert r.returncode == 0 and json.loads(r.stdout)['n_recordings'] == len(index_dataset(synth, 'b', include_noisy=True)), r.stderr
+    rc,txt = run_cli('stack', tmp_path/'absent', '--out', tmp_path/'bad')
+    assert rc == 1 and 'no oof.csv' in txt and 'Traceback' not in txt and not (tmp_path/'bad').exists()
+    moved = tmp_path/'a'/'b'; moved.mkdir(parents=True); (moved/'stack.json').write_text((st/'stack.json').read_text())
+    rc,txt = run_cli('predict', moved, wavs[0])
+    assert rc == 1 and 'not there' in txt and 'Traceback' not in txt
