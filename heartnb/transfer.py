@@ -64,7 +64,7 @@ def cv_table(
         n_ep = s['freeze_epochs'] + s['epochs']
         per_epoch = sum(x.get('fit_frozen', 0) + x.get('fit_unfrozen', 0) for x in secs)/len(secs)/max(n_ep, 1)
         rows.append({'run': name, 'set': s.get('subset') or s.get('dataset'), 'input': s.get('input', 'png'),
-                     'arch': s['arch'], 'weights': weights_label(r['pretrained']),
+                     'arch': s['arch'], 'weights': weights_label(r['pretrained']), 'split': s['split'], 'balance': s.get('balance') or 'none',
                      'accuracy': _ms(su, 'accuracy'), 'balanced acc.': _ms(su, 'balanced_accuracy'), 'macro-F1': _ms(su, 'macro_f1'),
                      **{f'recall {c}': _ms(su, f'recall/{c}', 2) for c in classes},
                      'baseline acc./bal./F1': f"{b['accuracy']:.3f} / {b['balanced_accuracy']:.3f} / {b['macro_f1']:.3f}" if b else '–',
