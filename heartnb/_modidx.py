@@ -368,5 +368,6 @@ d = { 'settings': { 'branch': 'main',
                                   'heartnb.transfer._run_dataset': ('transfer.html#_run_dataset', 'heartnb/transfer.py'),
                                   'heartnb.transfer.cv_summary': ('transfer.html#cv_summary', 'heartnb/transfer.py'),
                                   'heartnb.transfer.cv_table': ('transfer.html#cv_table', 'heartnb/transfer.py'),
+                                  'heartnb.transfer.noisy_check': ('transfer.html#noisy_check', 'heartnb/transfer.py'),
                                   'heartnb.transfer.plot_cv_table': ('transfer.html#plot_cv_table', 'heartnb/transfer.py'),
                                   'heartnb.transfer.weights_label': ('transfer.html#weights_label', 'heartnb/transfer.py')}}}

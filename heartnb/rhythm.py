@@ -343,11 +343,12 @@ class RhythmStack:
         if (ok := np.isfinite(probs).all(1)).any(): out[ok] = stack_probs(self.params, probs[ok], feats[ok])
         return torch.from_numpy(out).float(), errs
 
-# %% ../nbs/12_rhythm.ipynb #8b0808af
-STACK_FILE = 'stack.json'
+# %% ../nbs/12_rhythm.ipynb #5f4f6cd0
+STACK_FILE = 'stack.json'   # the file name of a rhythm stack in its folder
 
+# %% ../nbs/12_rhythm.ipynb #8b0808af
 def stack_job(
-    out,                # folder to create: stack.json, rhythm_features.csv
+    out,                # folder to create: stack.json; rhythm_features.csv; stack_oof.csv (each recording's fold, the CNN's and the stack's out-of-fold answer)
     cvs:list,           # `heartnb cv` output folders (finished), made on the same recordings and folds
     data=None,          # dataset folder where recordings that moved are looked up by name (default: `$HEARTNB_DATA`)
 )->dict:                # the contents of stack.json
@@ -364,12 +365,12 @@ def stack_job(
     except BaseException:
         if new and not any(out.iterdir()): out.rmdir()        # leave nothing behind
         raise
-    def summary(inputs):
-        s = pd.DataFrame(stack_cv(tab, inputs, 'logreg', classes)[0])
-        return {k: dict(mean=float(s[k].mean()), std=float(s[k].std(ddof=1))) for k in s}
+    summ = lambda scores: {k: dict(mean=float(v.mean()), std=float(v.std(ddof=1))) for k,v in pd.DataFrame(scores).items()}
+    (cnn,_),(stacked,pred) = stack_cv(tab, 'cnn-argmax', 'logreg', classes),stack_cv(tab, 'cnn+rhythm', 'logreg', classes)
+    atomic_write(out/'stack_oof.csv', lambda t: tab[['path', 'label', 'patient', 'fold']].assign(cnn=tab.predicted, predicted=pred).to_csv(t, index=False))
     s = dict(kind='heartnb rhythm stack', classes=classes, sr=4000, n_recordings=len(tab), k=int(tab.fold.nunique()),
              cnn=[os.path.relpath(c.absolute(), out.absolute()) for c in cvs], pretrained=[_read_cv(c)['pretrained'] for c in cvs],
-             no_rhythm=int((tab.rhythm_error != '').sum()), cv=dict(cnn=summary('cnn-argmax'), stacked=summary('cnn+rhythm')), params=fit_stack(tab, classes))
+             no_rhythm=int((tab.rhythm_error != '').sum()), cv=dict(cnn=summ(cnn), stacked=summ(stacked)), params=fit_stack(tab, classes))
     atomic_write(out/STACK_FILE, lambda t: Path(t).write_text(json.dumps(s, indent=1)))
     return s
 

@@ -8,11 +8,11 @@ Docs: https://heartnb.github.io/heartnb/transfer.html.md"""
 from __future__ import annotations
 import json
 from pathlib import Path
-import pandas as pd
+import numpy as np, pandas as pd
 from .spectrogram import atomic_write
 
 # %% auto #0
-__all__ = ['weights_label', 'cv_table', 'plot_cv_table', 'cv_summary']
+__all__ = ['weights_label', 'cv_table', 'plot_cv_table', 'cv_summary', 'noisy_check']
 
 # %% ../nbs/11_transfer.ipynb #edd4390b
 def weights_label(
@@ -103,3 +103,26 @@ def cv_summary(
     r['settings'] = {k: Path(v).name if k in ('data', 'weights', 'png') and v else v for k,v in r['settings'].items()}
     atomic_write(dst/'cv.json', lambda t: Path(t).write_text(json.dumps(r, indent=1)))   # complete or absent
     return dst/'cv.json'
+
+# %% ../nbs/11_transfer.ipynb #a570161e
+def noisy_check(
+    run,        # a `heartnb cv` or `heartnb stack` folder (its models, or its out-of-fold predictions if it trained on noisy recordings), or a folder `open_model` loads
+    data=None,  # the PASCAL folder (default: $HEARTNB_DATA)
+)->dict:        # n, how ('unseen' or 'out-of-fold'), accuracy, balanced_accuracy (over the classes present), 'recall/<class>', 'called/<class>'
+    "Score a model on set_b's noisy recordings only (PASCAL's labelled `noisynormal` and `noisymurmur`), which it never trained on; out-of-fold where its `oof.csv` or `stack_oof.csv` holds them (it trained on them: `include_noisy`). Raises `HeartnbError` if `data` has none."
+    from heartnb.data import HeartnbError, index_dataset
+    from heartnb.predict import open_model, predict_probs
+    run = Path(run)
+    df = index_dataset(data, 'b', include_noisy=True, missing='drop')
+    df = df[df.sublabel.fillna('') != ''].reset_index(drop=True)
+    if not len(df): raise HeartnbError(f"{data or 'HEARTNB_DATA'}: no noisy set_b recordings (sublabel noisynormal or noisymurmur) found.")
+    oof = [pd.read_csv(f) for f in (run/'oof.csv', run/'stack_oof.csv') if f.exists()]      # a cv run's, or a rhythm stack's
+    oof = oof[0][oof[0].path.isin(set(df.path))] if oof else []
+    if len(oof): y,pred,how = oof.label.to_numpy(),oof.predicted.to_numpy(),'out-of-fold'     # it trained on them
+    else:
+        m = open_model(run)
+        y,pred,how = df.label.to_numpy(),np.array(m.vocab)[predict_probs(m, df.path.tolist()).argmax(1).numpy()],'unseen'
+    present = sorted(set(y))
+    return dict(n=len(y), how=how, accuracy=float((pred == y).mean()), balanced_accuracy=float(np.mean([(pred[y == c] == c).mean() for c in present])),
+                **{f'recall/{c}': float((pred[y == c] == c).mean()) for c in present},
+                **{f'called/{c}': float((pred == c).mean()) for c in ('extrastole', 'murmur', 'normal')})

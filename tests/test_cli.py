@@ -311,6 +311,8 @@ def test_rhythm_stack_command(synth, cvrun, tmp_path):
     s,oof = json.loads((st/'stack.json').read_text()),pd.read_csv(out/'oof.csv')
     assert s['classes'] == ['extrastole','murmur','normal'] and s['n_recordings'] == len(oof) and s['k'] == 2 and (st/s['cnn'][0]).resolve() == out.resolve()
     assert s['pretrained'][0]['weights'] == 'none' and set(s['cv']) == {'cnn', 'stacked'}
+    so = pd.read_csv(st/'stack_oof.csv')
+    assert sorted(so.path) == sorted(oof.path) and set(so.predicted) <= set(s['classes']) and (so.fold.values >= 0).all()
     stk = open_model(st)
     assert isinstance(stk, RhythmStack)
     wavs = oof.path[:4].tolist()
