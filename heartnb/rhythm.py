@@ -289,7 +289,7 @@ def fit_stack(
     feats = list(features or RHYTHM_FEATURES)
     X = np.concatenate([np.log(np.clip(df[classes].to_numpy(float), 1e-4, 1)), df[feats].to_numpy(float)], 1)
     imp,sc,lr = second_level('logreg').fit(X, df.label).named_steps.values()
-    if list(lr.classes_) != sorted(classes): raise HeartnbError(f"the labels {list(lr.classes_)} are not the classes {classes}")
+    if list(lr.classes_) != list(classes): raise HeartnbError(f"the labels {list(lr.classes_)} are not the classes {classes} (sorted, as the CNN's vocabulary)")
     return dict(classes=list(map(str, lr.classes_)), features=feats, median=imp.statistics_.tolist(), mean=sc.mean_.tolist(),
                 scale=sc.scale_.tolist(), coef=lr.coef_.tolist(), intercept=lr.intercept_.tolist())
 
