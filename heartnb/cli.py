@@ -114,7 +114,6 @@ def heartnb_evaluate(
     print(f"{model} on set_{subset} of {data_path(data)} (tta {tta})\n" + format_report(rep))
     if len(rep['per_sublabel']) > 1: print('accuracy by sublabel: ' + ', '.join(f"{k} {v['accuracy']:.3f} (n={v['n']})" for k,v in rep['per_sublabel'].items()))
 
-def _ms(d, k): return f"{d[k]['mean']:.3f} ± {d[k]['std']:.3f}"
 
 @call_parse
 @_cli
@@ -124,6 +123,7 @@ def heartnb_cv(
     **kwargs,
 ):
     "k-fold cross-validation (stratified, grouped by patient): mean ± std of the metrics over folds, fold models for an ensemble."
+    from heartnb.transfer import mean_std as _ms
     r = cv_job(out, **kwargs)
     if r is None: return                 # another process of a distributed run: the main process reports
     k,split,subset = (r['settings'][o] for o in ('k','split','subset'))
@@ -145,15 +145,20 @@ def heartnb_stack(
     *cvs:str,        # `heartnb cv` output folders (finished), made on the same recordings and folds; several are averaged
     out:Annotated[str, "folder for stack.json (the model) and rhythm_features.csv", dict(opt=True, required=True)]=None,
     data:str=None,   # dataset folder where recordings that moved are looked up by name (default: $HEARTNB_DATA)
+    gate:bool=False, # also fit a quality gate on set_b's noisy recordings: where a recording looks noisy, the CNN's answer stands
 ):
     "Stack rhythm features on cross-validation runs' CNN probabilities: its scores on the runs' own folds, and a model for predict and evaluate."
     if not cvs: raise CliError("error: give at least one `heartnb cv` folder")
     from heartnb.rhythm import stack_job
-    s = stack_job(out, cvs, data)
+    from heartnb.transfer import mean_std as _ms
+    s = stack_job(out, cvs, data, gate)
     print(f"rhythm stack on {len(cvs)} CNN run(s), {s['n_recordings']} recordings, {s['k']} folds (mean ± std over folds, on the runs' own folds):")
-    for name,d in (('CNN alone', s['cv']['cnn']), ('stacked', s['cv']['stacked'])):
+    g = s.get('gate', {}).get('cv')
+    for name,d in (('CNN alone', s['cv']['cnn']), ('stacked', s['cv']['stacked'])) + ((('gated', g['gated']),) if g else ()):
         print(f"  {name:10s} accuracy {_ms(d,'accuracy')}  balanced accuracy {_ms(d,'balanced_accuracy')}  macro-F1 {_ms(d,'macro_f1')}  recall: "
               + '  '.join(f"{c} {_ms(d, 'recall/'+c)}" for c in s['classes']))
+    if g: print(f"  quality gate: out-of-fold AUC {g['auc']:.3f} (noisy against clean); it holds back {g['clean_held']:.0%} of the clean recordings "
+                f"and {g['noisy_held']:.0%} of {g['n_noisy']} noisy ones (their CNN answer stands)")
     print(f"wrote {Path(out)/'stack.json'}: use it with `heartnb predict {out} ...` and `heartnb evaluate {out}`")
 
 # %% ../nbs/07_cli.ipynb #99e6c7ff

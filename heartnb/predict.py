@@ -173,6 +173,14 @@ class SafeModel:
                 out.append(torch.stack([self.model(x.roll(s, -1)).softmax(-1) for s in tta_shifts(x.shape[-1], tta)]).mean(0).cpu())
         return torch.cat(out) if out else torch.zeros(0, len(self.vocab))
 
+    def predict_files(self,
+        wavs:list,  # audio files
+        bs:int=16,  # model inputs per batch
+        tta:int=0,  # test-time augmentation passes (`tta_shifts`)
+    )->tuple:       # (probabilities, shape (len(wavs), n_classes), NaN rows for recordings that failed; {index: the `AudioError`} of those)
+        "Class probabilities of whole recordings, in the form `predict_probs` and `predict_wavs` use (each recording's clips averaged)."
+        return _predict_images(self, wavs, bs, tta)
+
 # %% ../nbs/05_predict.ipynb #cf8bed51
 class Ensemble:
     "Several models with the same classes, spectrogram settings, size and input (e.g. the k fold models of `heartnb cv`) that predict together by averaging their probabilities."
@@ -188,6 +196,13 @@ class Ensemble:
     def predict_images(self, imgs:list, bs:int=16, tta:int=0)->torch.Tensor:
         "The mean of the members' `predict_images` probabilities, shape (len(imgs), n_classes)."
         return torch.stack([m.predict_images(imgs, bs, tta) for m in self.models]).mean(0)
+    def predict_files(self,
+        wavs:list,  # audio files
+        bs:int=16,  # model inputs per batch
+        tta:int=0,  # test-time augmentation passes (`tta_shifts`)
+    )->tuple:       # (probabilities, shape (len(wavs), n_classes), NaN rows for recordings that failed; {index: the `AudioError`} of those)
+        "Class probabilities of whole recordings, in the form `predict_probs` and `predict_wavs` use (each recording's clips and the members averaged)."
+        return _predict_images(self, wavs, bs, tta)
 
 # %% ../nbs/05_predict.ipynb #187294f9
 def _check_safetensors(fname:Path):
@@ -347,10 +362,8 @@ def wav_images(
     return [wav2image(wav, cfg, size)]
 
 # %% ../nbs/05_predict.ipynb #1a5a42f2
-def _predict(model, wavs:list, bs:int=16, tta:int=0)->tuple:
-    "(probabilities (len(wavs), n_classes), NaN for a recording that failed; {index: the `AudioError`} of those)"
-    model = as_predictor(model)
-    if hasattr(model, 'predict_files'): return model.predict_files(wavs, bs, tta)   # a model that reads the recordings itself (`RhythmStack`)
+def _predict_images(model, wavs:list, bs:int=16, tta:int=0)->tuple:
+    "`predict_files` of a model that classifies `wav_images` (`SafeModel`, `Ensemble`): each recording's inputs, `predict_images`, the mean per recording."
     imgs,errs = [],{}
     for i,w in enumerate(wavs):
         try: imgs.append(wav_images(model, w))
@@ -358,6 +371,10 @@ def _predict(model, wavs:list, bs:int=16, tta:int=0)->tuple:
     probs = model.predict_images([im for ims in imgs for im in ims], bs, tta)
     nan = torch.full((len(model.vocab),), float('nan'))
     return torch.stack([p.mean(0) if len(p) else nan for p in probs.split([len(ims) for ims in imgs])]) if len(wavs) else torch.zeros(0, len(model.vocab)), errs
+
+def _predict(model, wavs:list, bs:int=16, tta:int=0)->tuple:
+    "(probabilities (len(wavs), n_classes), NaN for a recording that failed; {index: the `AudioError`} of those): every predictor has `predict_files`."
+    return as_predictor(model).predict_files(list(wavs), bs, tta)
 
 def predict_probs(
     model,          # a `SafeModel`, `Ensemble` or `Learner` (from `load_model`)

@@ -13,8 +13,9 @@ from .data import HeartnbError
 
 # %% auto #0
 __all__ = ['RHYTHM_FEATURES', 'RHYTHM_ROWS', 'STACK_FILE', 'bandpass', 'pcg_envelope', 'detect_sounds', 'heart_period',
-           'rhythm_features', 'plot_rhythm', 'rhythm_table', 'fold_scores', 'second_level', 'stack_cv',
-           'rhythm_cv_table', 'cv_oof', 'fit_stack', 'stack_probs', 'RhythmStack', 'stack_job', 'load_stack']
+           'rhythm_features', 'plot_rhythm', 'rhythm_table', 'fold_scores', 'summarize_scores', 'second_level',
+           'stack_cv', 'rhythm_cv_table', 'cv_oof', 'fit_stack', 'stack_probs', 'fit_gate', 'gate_noisy', 'gate_cv',
+           'RhythmStack', 'stack_job', 'load_stack']
 
 # %% ../nbs/12_rhythm.ipynb #1817b7c8
 def bandpass(
@@ -189,6 +190,14 @@ def fold_scores(
                 macro_f1=float(f1_score(y_true, y_pred, labels=classes, average='macro', zero_division=0)),
                 **{f'recall/{c}': float(v) for c,v in zip(classes, r)})
 
+# %% ../nbs/12_rhythm.ipynb #30f63edf
+def summarize_scores(
+    scores:list,    # `fold_scores` dicts, one per fold
+)->dict:            # {metric: {'mean', 'std'}}, the form of `summarize_reports` (05a)
+    "Mean ± sample standard deviation (ddof=1) over folds of each metric of `fold_scores`."
+    d = pd.DataFrame(scores)
+    return {k: dict(mean=float(d[k].mean()), std=float(d[k].std(ddof=1)) if len(d) > 1 else 0.) for k in d}
+
 # %% ../nbs/12_rhythm.ipynb #297542f8
 def second_level(
     kind:str='logreg',  # 'logreg': L2 logistic regression (C=1) on standardised inputs; 'hgb': gradient-boosted trees of depth 3
@@ -207,6 +216,15 @@ def second_level(
         return HistGradientBoostingClassifier(max_depth=3, max_iter=100, learning_rate=0.05, class_weight='balanced', random_state=seed)
     raise ValueError(f"unknown second-level model {kind!r}: use 'logreg' or 'hgb'")
 
+# %% ../nbs/12_rhythm.ipynb #f036a9d0
+def _stack_inputs(
+    probs,          # CNN class probabilities, shape (n, n_classes) (n_classes may be 0)
+    feats,          # rhythm features, shape (n, n_features) (n_features may be 0); NaN where missing
+)->np.ndarray:      # float64, shape (n, n_classes + n_features)
+    "The second level's inputs, the same in `stack_cv`, `fit_stack` and `stack_probs`: the log of the CNN probabilities clipped to [1e-4, 1], then the rhythm features."
+    probs,feats = np.asarray(probs, float),np.asarray(feats, float)
+    return np.concatenate([np.log(np.clip(probs, 1e-4, 1)).reshape(len(probs), -1), feats.reshape(len(feats), -1)], 1)
+
 # %% ../nbs/12_rhythm.ipynb #051c9c7c
 def stack_cv(
     df:pd.DataFrame,        # from `rhythm_table`: label, fold, the CNN's probability columns, the rhythm features
@@ -218,18 +236,16 @@ def stack_cv(
 )->tuple:                   # (list of `fold_scores`, one per fold in fold order; predicted label of each row, a Series on df's index)
     "Cross-validate a model on `df`'s own folds: fold *k* is predicted by a model trained on the other folds' rows. Raises `ValueError` for unknown `inputs`."
     classes = classes or sorted(df.label.unique())
-    cnn = [f'cnn_log_{c}' for c in classes]
-    X = df.assign(**{f'cnn_log_{c}': np.log(np.clip(df[c].astype(float), 1e-4, 1)) for c in classes} if inputs.startswith('cnn') else {})
-    feats = list(features or RHYTHM_FEATURES)
-    cols = {'rhythm': feats, 'cnn': cnn, 'cnn+rhythm': cnn + feats}.get(inputs)
-    if cols is None and inputs not in ('cnn-argmax', 'majority'): raise ValueError(f"unknown inputs {inputs!r}: use 'rhythm', 'cnn', 'cnn+rhythm', 'cnn-argmax' or 'majority'")
+    if inputs not in ('rhythm', 'cnn', 'cnn+rhythm', 'cnn-argmax', 'majority'):
+        raise ValueError(f"unknown inputs {inputs!r}: use 'rhythm', 'cnn', 'cnn+rhythm', 'cnn-argmax' or 'majority'")
+    X = _stack_inputs(df[classes if inputs.startswith('cnn') else []], df[list(features or RHYTHM_FEATURES) if 'rhythm' in inputs else []])
     pred = pd.Series('', index=df.index, dtype=object)
     scores = []
     for k in sorted(df.fold.unique()):
         tr,va = df.fold != k,df.fold == k
         if inputs == 'cnn-argmax': pred[va] = df.predicted[va]
         elif inputs == 'majority': pred[va] = df.label[tr].value_counts().idxmax()
-        else: pred[va] = second_level(kind, seed).fit(X.loc[tr, cols].to_numpy(float), df.label[tr]).predict(X.loc[va, cols].to_numpy(float))
+        else: pred[va] = second_level(kind, seed).fit(X[tr.to_numpy()], df.label[tr]).predict(X[va.to_numpy()])
         scores.append(fold_scores(df.label[va], pred[va], classes))
     return scores, pred
 
@@ -250,14 +266,14 @@ def rhythm_cv_table(
     classes:list=None,    # class names (default: the sorted labels)
 )->pd.DataFrame:          # one row per model: accuracy, balanced acc., macro-F1, recall of each class as 'mean ± std'; numeric means in `<metric>_mean` columns
     "Mean ± std over `df`'s folds of each row's `stack_cv` scores, the majority baseline and the CNN among them."
+    from heartnb.transfer import mean_std
     classes = classes or sorted(df.label.unique())
     out = []
     for name,(inputs,kind,*feats) in (rows or RHYTHM_ROWS).items():
-        s = pd.DataFrame(stack_cv(df, inputs, kind or 'logreg', classes, *feats)[0])
-        cell = lambda k,nd=3: f"{s[k].mean():.{nd}f} ± {s[k].std(ddof=1):.{nd}f}"
-        out.append({'model': name, 'accuracy': cell('accuracy'), 'balanced acc.': cell('balanced_accuracy'), 'macro-F1': cell('macro_f1'),
-                    **{f'recall {c}': cell(f'recall/{c}', 2) for c in classes},
-                    **{f'{k}_mean': s[k].mean() for k in s}})
+        s = summarize_scores(stack_cv(df, inputs, kind or 'logreg', classes, *feats)[0])
+        out.append({'model': name, 'accuracy': mean_std(s, 'accuracy'), 'balanced acc.': mean_std(s, 'balanced_accuracy'),
+                    'macro-F1': mean_std(s, 'macro_f1'), **{f'recall {c}': mean_std(s, f'recall/{c}', 2) for c in classes},
+                    **{f'{k}_mean': v['mean'] for k,v in s.items()}})
     return pd.DataFrame(out).set_index('model')
 
 # %% ../nbs/12_rhythm.ipynb #58a7f58f
@@ -279,6 +295,16 @@ def cv_oof(
     df = df.assign(**{c: np.mean([o[c].to_numpy(float) for o in dfs], 0) for c in classes})
     return df.assign(predicted=df[classes].idxmax(axis=1))
 
+# %% ../nbs/12_rhythm.ipynb #94615a73
+def _logreg_params(
+    X:np.ndarray,   # second-level inputs (`_stack_inputs`), shape (n, n_inputs)
+    y,              # labels, shape (n,)
+)->dict:            # classes (sorted), median, mean, scale, coef, intercept: plain numbers
+    "Fit `second_level('logreg')` on `X`, `y` and return it as plain numbers, for `stack_probs`."
+    imp,sc,lr = second_level('logreg').fit(X, y).named_steps.values()
+    return dict(classes=list(map(str, lr.classes_)), median=imp.statistics_.tolist(), mean=sc.mean_.tolist(),
+                scale=sc.scale_.tolist(), coef=lr.coef_.tolist(), intercept=lr.intercept_.tolist())
+
 # %% ../nbs/12_rhythm.ipynb #7d626c7f
 def fit_stack(
     df:pd.DataFrame,      # from `rhythm_table`: label, one probability column per class, the `RHYTHM_FEATURES`
@@ -287,11 +313,9 @@ def fit_stack(
 )->dict:                  # JSON-ready: classes, features, median, mean, scale, coef (one row per class; one row for 2 classes), intercept
     "Fit `second_level('logreg')` on every row of `df` (CNN log-probabilities and rhythm features, as `stack_cv`) and return its parameters as plain numbers for `stack_probs`."
     feats = list(features or RHYTHM_FEATURES)
-    X = np.concatenate([np.log(np.clip(df[classes].to_numpy(float), 1e-4, 1)), df[feats].to_numpy(float)], 1)
-    imp,sc,lr = second_level('logreg').fit(X, df.label).named_steps.values()
-    if list(lr.classes_) != list(classes): raise HeartnbError(f"the labels {list(lr.classes_)} are not the classes {classes} (sorted, as the CNN's vocabulary)")
-    return dict(classes=list(map(str, lr.classes_)), features=feats, median=imp.statistics_.tolist(), mean=sc.mean_.tolist(),
-                scale=sc.scale_.tolist(), coef=lr.coef_.tolist(), intercept=lr.intercept_.tolist())
+    p = _logreg_params(_stack_inputs(df[classes], df[feats]), df.label)
+    if p['classes'] != list(classes): raise HeartnbError(f"the labels {p['classes']} are not the classes {classes} (sorted, as the CNN's vocabulary)")
+    return dict(p, features=feats)
 
 # %% ../nbs/12_rhythm.ipynb #5a86ee6a
 def stack_probs(
@@ -300,23 +324,58 @@ def stack_probs(
     feats:np.ndarray,     # rhythm features, shape (n, n_features), in `params['features']` order; NaN where missing
 )->np.ndarray:            # class probabilities, shape (n, n_classes)
     "The logistic regression of `fit_stack` in numpy, as scikit-learn's `predict_proba`: missing features set to the training median, standardised, softmax of the linear scores (logistic for 2 classes)."
-    x = np.concatenate([np.log(np.clip(np.asarray(probs, float), 1e-4, 1)), np.asarray(feats, float)], 1)
+    x = _stack_inputs(probs, feats)
     x = np.where(np.isnan(x), np.array(params['median']), x)
     z = (x - np.array(params['mean']))/np.array(params['scale']) @ np.array(params['coef']).T + np.array(params['intercept'])
     if z.shape[1] == 1: z = np.concatenate([-z, z], 1)/2      # two classes: sigmoid(z) = softmax([-z/2, z/2])
     e = np.exp(z - z.max(1, keepdims=True))
     return e/e.sum(1, keepdims=True)
 
+# %% ../nbs/12_rhythm.ipynb #5b636859
+def fit_gate(
+    df:pd.DataFrame,      # one row per recording: the rhythm features and `noisy` (True for a noisy recording)
+    features:list=None,   # rhythm features used (default: `RHYTHM_FEATURES`)
+)->dict:                  # JSON-ready, as `fit_stack` (classes ['clean', 'noisy'], no CNN inputs): for `gate_noisy`
+    "Fit the quality gate: `second_level('logreg')` telling noisy recordings from clean ones by their rhythm features alone. Raises `HeartnbError` unless `df` holds both."
+    feats = list(features or RHYTHM_FEATURES)
+    y = np.where(df.noisy.astype(bool), 'noisy', 'clean')
+    if len(set(y)) < 2: raise HeartnbError(f"a quality gate needs noisy and clean recordings; these {len(df)} are all {y[0] if len(y) else 'absent'}.")
+    return dict(_logreg_params(_stack_inputs(np.zeros((len(df), 0)), df[feats]), y), features=feats)
+
+# %% ../nbs/12_rhythm.ipynb #3d629d29
+def gate_noisy(
+    gate:dict,          # from `fit_gate`
+    feats:np.ndarray,   # rhythm features, shape (n, n_features), in `gate['features']` order; NaN where missing
+)->np.ndarray:          # bool, shape (n,): True where a recording looks noisy (probability above 0.5), so its CNN answer stands
+    "The quality gate's verdict on each recording (`stack_probs` with no CNN inputs)."
+    feats = np.asarray(feats, float)
+    return stack_probs(gate, np.zeros((len(feats), 0)), feats)[:, 1] > 0.5
+
+# %% ../nbs/12_rhythm.ipynb #19346fbe
+def gate_cv(
+    df:pd.DataFrame,   # as `fit_gate`, with `patient`
+    k:int=5,           # folds
+    seed:int=42,       # random state of the fold assignment
+)->np.ndarray:         # out-of-fold probability that each row is noisy, shape (len(df),)
+    "Patient-grouped, stratified k-fold predictions of `fit_gate` (scikit-learn's `StratifiedGroupKFold`): each row scored by a gate that never saw its patient."
+    from sklearn.model_selection import StratifiedGroupKFold
+    df,p = df.reset_index(drop=True),np.full(len(df), np.nan)
+    for tr,va in StratifiedGroupKFold(k, shuffle=True, random_state=seed).split(df, df.noisy.astype(bool), df.patient.astype(str)):
+        g = fit_gate(df.iloc[tr])
+        p[va] = stack_probs(g, np.zeros((len(va), 0)), df.iloc[va][g['features']].to_numpy(float))[:, 1]
+    return p
+
 # %% ../nbs/12_rhythm.ipynb #5ebade44
 class RhythmStack:
-    "The rhythm stack as a predictor (`load_stack`): the mean probabilities of its CNN runs' fold models and the rhythm features of the same recording, through `stack_probs`."
+    "The rhythm stack as a predictor (`load_stack`): the mean probabilities of its CNN runs' fold models and the rhythm features of the same recording, through `stack_probs`; where its quality gate (if any) finds a recording noisy, the CNN's probabilities."
     def __init__(self,
         cnns:list,         # the CNN runs' fold models, each an `Ensemble` (or any predictor `predict_probs` takes), classes in `params['classes']` order
         params:dict,       # from `fit_stack`
         sr:int=4000,       # sample rate the rhythm features are computed at, Hz
-        meta:dict=None,    # what stack.json records (runs, scores)
+        meta:dict=None,    # what stack.json records (runs, scores, and `gate`: a quality gate from `fit_gate`, if any)
     ):
         self.cnns,self.params,self.sr,self.meta = cnns,params,sr,meta or {}
+        self.gate = self.meta.get('gate')      # `fit_gate`'s parameters, if the stack has a quality gate
         self.vocab = list(params['classes'])
         for m in cnns:
             if list(m.vocab) != self.vocab: raise HeartnbError(f"a CNN of the stack has classes {list(m.vocab)}, the stack {self.vocab}: refit it with `heartnb stack`.")
@@ -333,26 +392,52 @@ class RhythmStack:
         res = [_predict(m, wavs, bs, tta) for m in self.cnns]
         probs = torch.stack([p for p,_ in res]).mean(0).numpy()
         errs = {i: e for _,es in res for i,e in es.items()}
-        feats = np.full((len(wavs), len(self.params['features'])), np.nan)
+        fs = [{}]*len(wavs)
         for i,w in enumerate(wavs):
             if i in errs: continue
-            try: f = rhythm_features(load_audio(w, self.sr, usable=False)[0], self.sr)
-            except ValueError: continue        # too short or silent for rhythm: imputed, as in training
-            feats[i] = [f[k] for k in self.params['features']]
-        out = np.full_like(probs, np.nan)
-        if (ok := np.isfinite(probs).all(1)).any(): out[ok] = stack_probs(self.params, probs[ok], feats[ok])
+            try: fs[i] = rhythm_features(load_audio(w, self.sr, usable=False)[0], self.sr)
+            except ValueError: pass            # too short or silent for rhythm: imputed, as in training
+        feats = lambda names: np.array([[f.get(k, np.nan) for k in names] for f in fs]).reshape(len(fs), len(names))
+        out,ok = np.full_like(probs, np.nan),np.isfinite(probs).all(1)
+        if ok.any():
+            out[ok] = stack_probs(self.params, probs[ok], feats(self.params['features'])[ok])
+            if self.gate: out[ok] = np.where(gate_noisy(self.gate, feats(self.gate['features'])[ok])[:, None], probs[ok], out[ok])
         return torch.from_numpy(out).float(), errs
 
 # %% ../nbs/12_rhythm.ipynb #5f4f6cd0
 STACK_FILE = 'stack.json'   # the file name of a rhythm stack in its folder
+
+# %% ../nbs/12_rhythm.ipynb #3c03a741
+def _gate_job(
+    out:Path,            # the stack's folder: rhythm_noisy.csv is written there
+    tab:pd.DataFrame,    # the stack's `rhythm_table` (clean recordings, with fold and the CNN's `predicted`)
+    pred:pd.Series,      # the stack's out-of-fold answers on `tab` (`stack_cv`)
+    classes:list,        # class names
+    data,                # the PASCAL folder
+)->dict:                 # `fit_gate`'s parameters, and `cv`: the gate's out-of-fold AUC, share held back of clean and noisy recordings, and the gated stack's fold scores
+    "The quality gate of `stack_job`: fitted on `tab`'s recordings against set_b's noisy ones, scored out-of-fold, and the stack's scores on the clean folds with it. Raises `HeartnbError` if `data` has no noisy recordings the runs did not use."
+    from sklearn.metrics import roc_auc_score
+    from heartnb.data import index_dataset
+    nz = index_dataset(data, 'b', include_noisy=True, missing='drop')
+    nz = nz[(nz.sublabel.fillna('') != '') & ~nz.path.isin(set(tab.path))]
+    if not len(nz): raise HeartnbError(f"{data}: no set_b noisy recordings (noisynormal, noisymurmur) that the runs did not train on, so no quality gate: drop `--gate`.")
+    ntab = rhythm_table(nz[['path', 'label', 'patient']].reset_index(drop=True), data, cache=out/'rhythm_noisy.csv')
+    G = pd.concat([tab.assign(noisy=False), ntab.assign(noisy=True)], ignore_index=True)[['path', 'patient', 'noisy', *RHYTHM_FEATURES]]
+    p = gate_cv(G.assign(patient=G.patient.astype(str)), k=int(tab.fold.nunique()))
+    held = p[:len(tab)] > 0.5
+    gated = pd.Series(np.where(held, tab.predicted, pred), index=tab.index)
+    scores = [fold_scores(tab.label[tab.fold == k], gated[tab.fold == k], classes) for k in sorted(tab.fold.unique())]
+    return dict(fit_gate(G), cv=dict(auc=float(roc_auc_score(G.noisy, p)), n_noisy=len(ntab), clean_held=float(held.mean()),
+                                     noisy_held=float((p[len(tab):] > 0.5).mean()), gated=summarize_scores(scores)))
 
 # %% ../nbs/12_rhythm.ipynb #8b0808af
 def stack_job(
     out,                # folder to create: stack.json; rhythm_features.csv; stack_oof.csv (each recording's fold, the CNN's and the stack's out-of-fold answer)
     cvs:list,           # `heartnb cv` output folders (finished), made on the same recordings and folds
     data=None,          # dataset folder where recordings that moved are looked up by name (default: `$HEARTNB_DATA`)
+    gate:bool=False,    # also fit a quality gate (`fit_gate`) on the PASCAL set_b noisy recordings of `data` the runs did not train on
 )->dict:                # the contents of stack.json
-    "Fit the rhythm stack on cross-validation runs (see above): their averaged out-of-fold probabilities, rhythm features, scores on the runs' own folds (CNN alone and stacked), and the regression on all recordings. Raises `HeartnbError`."
+    "Fit the rhythm stack on cross-validation runs (see above): their averaged out-of-fold probabilities, rhythm features, scores on the runs' own folds (CNN alone and stacked), the regression on all recordings, and optionally the quality gate (`_gate_job`). Raises `HeartnbError`."
     import os, json
     from heartnb.transfer import _read_cv
     from heartnb.spectrogram import atomic_write
@@ -365,12 +450,12 @@ def stack_job(
     except BaseException:
         if new and not any(out.iterdir()): out.rmdir()        # leave nothing behind
         raise
-    summ = lambda scores: {k: dict(mean=float(v.mean()), std=float(v.std(ddof=1))) for k,v in pd.DataFrame(scores).items()}
     (cnn,_),(stacked,pred) = stack_cv(tab, 'cnn-argmax', 'logreg', classes),stack_cv(tab, 'cnn+rhythm', 'logreg', classes)
     atomic_write(out/'stack_oof.csv', lambda t: tab[['path', 'label', 'patient', 'fold']].assign(cnn=tab.predicted, predicted=pred).to_csv(t, index=False))
     s = dict(kind='heartnb rhythm stack', classes=classes, sr=4000, n_recordings=len(tab), k=int(tab.fold.nunique()),
              cnn=[os.path.relpath(c.absolute(), out.absolute()) for c in cvs], pretrained=[_read_cv(c)['pretrained'] for c in cvs],
-             no_rhythm=int((tab.rhythm_error != '').sum()), cv=dict(cnn=summ(cnn), stacked=summ(stacked)), params=fit_stack(tab, classes))
+             no_rhythm=int((tab.rhythm_error != '').sum()), cv=dict(cnn=summarize_scores(cnn), stacked=summarize_scores(stacked)), params=fit_stack(tab, classes))
+    if gate: s['gate'] = _gate_job(out, tab, pred, classes, data or os.environ.get('HEARTNB_DATA'))
     atomic_write(out/STACK_FILE, lambda t: Path(t).write_text(json.dumps(s, indent=1)))
     return s
 

@@ -12,7 +12,7 @@ import numpy as np, pandas as pd
 from .spectrogram import atomic_write
 
 # %% auto #0
-__all__ = ['weights_label', 'cv_table', 'plot_cv_table', 'cv_summary', 'noisy_check']
+__all__ = ['weights_label', 'mean_std', 'cv_table', 'plot_cv_table', 'cv_summary', 'noisy_check']
 
 # %% ../nbs/11_transfer.ipynb #edd4390b
 def weights_label(
@@ -47,9 +47,16 @@ def _read_cv(
     if 'pretrained' not in r: r['pretrained'] = json.loads((d/'fold0'/'model.json').read_text()).get('pretrained')   # what the models started from
     return r
 
-# %% ../nbs/11_transfer.ipynb #925c06b5
-def _ms(d:dict, k:str, nd:int=3)->str: return f"{d[k]['mean']:.{nd}f} ± {d[k]['std']:.{nd}f}" if k in d else '–'
+# %% ../nbs/11_transfer.ipynb #ea0a3724
+def mean_std(
+    d:dict,     # {metric: {'mean', 'std'}}, as `summarize_reports` and `cv_summary` give
+    k:str,      # the metric, e.g. 'macro_f1' or 'recall/murmur'
+    nd:int=3,   # decimals
+)->str:         # 'mean ± std', or '–' where `d` has no `k`
+    "One metric of a cross-validation summary as text, the way every heartnb table and command prints it."
+    return f"{d[k]['mean']:.{nd}f} ± {d[k]['std']:.{nd}f}" if k in d else '–'
 
+# %% ../nbs/11_transfer.ipynb #925c06b5
 def cv_table(
     folders:dict,  # {row name: `heartnb cv` output folder}; folders with no finished fold are left out
 )->pd.DataFrame:   # one row per run
@@ -65,8 +72,8 @@ def cv_table(
         per_epoch = sum(x.get('fit_frozen', 0) + x.get('fit_unfrozen', 0) for x in secs)/len(secs)/max(n_ep, 1)
         rows.append({'run': name, 'set': s.get('subset') or s.get('dataset'), 'input': s.get('input', 'png'),
                      'arch': s['arch'], 'weights': weights_label(r['pretrained']), 'split': s['split'], 'balance': s.get('balance') or 'none',
-                     'accuracy': _ms(su, 'accuracy'), 'balanced acc.': _ms(su, 'balanced_accuracy'), 'macro-F1': _ms(su, 'macro_f1'),
-                     **{f'recall {c}': _ms(su, f'recall/{c}', 2) for c in classes},
+                     'accuracy': mean_std(su, 'accuracy'), 'balanced acc.': mean_std(su, 'balanced_accuracy'), 'macro-F1': mean_std(su, 'macro_f1'),
+                     **{f'recall {c}': mean_std(su, f'recall/{c}', 2) for c in classes},
                      'baseline acc./bal./F1': f"{b['accuracy']:.3f} / {b['balanced_accuracy']:.3f} / {b['macro_f1']:.3f}" if b else '–',
                      's/epoch': round(per_epoch, 1), 'macro_f1_mean': su['macro_f1']['mean'], 'macro_f1_std': su['macro_f1']['std']})
     return pd.DataFrame(rows)

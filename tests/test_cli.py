@@ -303,7 +303,7 @@ def test_rhythm_stack_command(synth, cvrun, tmp_path):
     "`heartnb stack` on a cv run: a model that `predict` and `evaluate` take, equal to its parts done by hand (12_rhythm)."
     from heartnb.data import index_dataset
     from heartnb.predict import open_model, predict_probs
-    from heartnb.rhythm import RhythmStack, stack_probs, rhythm_features
+    from heartnb.rhythm import RhythmStack, stack_probs, rhythm_features, gate_noisy
     from heartnb.spectrogram import load_audio
     out,st = cvrun[0],tmp_path/'stack'
     rc,txt = run_cli('stack', out, '--out', st, '--data', synth)
@@ -325,6 +325,17 @@ def test_rhythm_stack_command(synth, cvrun, tmp_path):
     assert [d['label'] for d in json.loads(r.stdout)] == [s['classes'][i] for i in p.argmax(1)]
     r = run('evaluate', st, '--data', synth, '--json')
     assert r.returncode == 0 and json.loads(r.stdout)['n_recordings'] == len(index_dataset(synth, 'b', include_noisy=True)), r.stderr
+    gt = tmp_path/'gated'                                   # with the quality gate: where it finds a recording noisy, the CNN's answer
+    rc,txt = run_cli('stack', out, '--out', gt, '--data', synth, '--gate')
+    assert rc == 0 and 'quality gate: out-of-fold AUC' in txt and 'gated' in txt, txt
+    sg = json.loads((gt/'stack.json').read_text())
+    g,idx = sg['gate'],index_dataset(synth, 'b', include_noisy=True)
+    nz = idx[idx.sublabel.fillna('') != ''].path.tolist()
+    assert g['classes'] == ['clean', 'noisy'] and g['cv']['n_noisy'] == len(nz) == 2 and (gt/'rhythm_noisy.csv').exists()
+    wv = wavs + nz
+    feats = lambda names: np.array([[rhythm_features(load_audio(w, 4000, usable=False)[0], 4000)[k] for k in names] for w in wv])
+    cnn,held = predict_probs(open_model(out), wv).numpy(),gate_noisy(g, feats(g['features']))
+    np.testing.assert_allclose(predict_probs(open_model(gt), wv), np.where(held[:, None], cnn, stack_probs(sg['params'], cnn, feats(sg['params']['features']))), atol=1e-5)
     rc,txt = run_cli('stack', tmp_path/'absent', '--out', tmp_path/'bad')
     assert rc == 1 and 'no oof.csv' in txt and 'Traceback' not in txt and not (tmp_path/'bad').exists()
     moved = tmp_path/'a'/'b'; moved.mkdir(parents=True); (moved/'stack.json').write_text((st/'stack.json').read_text())
