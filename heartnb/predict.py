@@ -196,13 +196,7 @@ class Ensemble:
     def predict_images(self, imgs:list, bs:int=16, tta:int=0)->torch.Tensor:
         "The mean of the members' `predict_images` probabilities, shape (len(imgs), n_classes)."
         return torch.stack([m.predict_images(imgs, bs, tta) for m in self.models]).mean(0)
-    def predict_files(self,
-        wavs:list,  # audio files
-        bs:int=16,  # model inputs per batch
-        tta:int=0,  # test-time augmentation passes (`tta_shifts`)
-    )->tuple:       # (probabilities, shape (len(wavs), n_classes), NaN rows for recordings that failed; {index: the `AudioError`} of those)
-        "Class probabilities of whole recordings, in the form `predict_probs` and `predict_wavs` use (each recording's clips and the members averaged)."
-        return _predict_images(self, wavs, bs, tta)
+    predict_files = SafeModel.predict_files   # the same steps: each recording's inputs, `predict_images` (here the members' mean), the mean per recording
 
 # %% ../nbs/05_predict.ipynb #187294f9
 def _check_safetensors(fname:Path):
