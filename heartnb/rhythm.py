@@ -15,7 +15,7 @@ from .data import HeartnbError
 __all__ = ['RHYTHM_FEATURES', 'RHYTHM_ROWS', 'STACK_FILE', 'bandpass', 'pcg_envelope', 'detect_sounds', 'heart_period',
            'rhythm_features', 'plot_rhythm', 'rhythm_table', 'fold_scores', 'summarize_scores', 'second_level',
            'stack_cv', 'rhythm_cv_table', 'cv_oof', 'fit_stack', 'stack_probs', 'fit_gate', 'gate_noisy', 'gate_cv',
-           'RhythmStack', 'stack_job', 'load_stack']
+           'RhythmStack', 'stack_job', 'load_stack', 'fold_manifests', 'nested_stack_cv']
 
 # %% ../nbs/12_rhythm.ipynb #1817b7c8
 def bandpass(
@@ -473,3 +473,50 @@ def load_stack(
     for r in runs:
         if not r.is_dir(): raise HeartnbError(f"{fn} uses the cross-validation run {r}, which is not there: keep the stack and its `heartnb cv` folders where they were, or run `heartnb stack` again.")
     return RhythmStack([open_model(r) for r in runs], s['params'], s['sr'], meta=s)
+
+# %% ../nbs/12_rhythm.ipynb #10dc886f
+def fold_manifests(
+    cv,        # a finished `heartnb cv` folder (its oof.csv)
+    out,       # folder to create: k0/ .. k{K-1}/, each with manifest.csv and wav/ (copies of the recordings outside that fold)
+    data=None, # dataset folder where recordings that moved are looked up by name (default: `$HEARTNB_DATA`)
+)->list:       # the K dataset folders, in fold order, for `heartnb cv --dataset csv --data FOLDER`
+    "Each outer fold's training recordings (all but fold k) as a CSV-manifest dataset, for the inner runs of `nested_stack_cv`. The recordings are copied: a manifest's files must lie in its folder. Raises `HeartnbError` for a folder that is not a finished run."
+    import os, shutil
+    df = cv_oof([cv])
+    names = {p.name: p for p in Path(data or os.environ.get('HEARTNB_DATA', '.')).rglob('*.wav')}
+    dirs = []
+    for k in sorted(df.fold.unique()):
+        d = Path(out)/f'k{k}'
+        (d/'wav').mkdir(parents=True, exist_ok=True)
+        tr = df[df.fold != k]
+        for p in tr.path:
+            src = Path(p) if Path(p).exists() else names.get(Path(p).name)
+            if src is None: raise FileNotFoundError(f"{p}: recording not found: pass the dataset folder as `data`")
+            if not (d/'wav'/src.name).exists(): shutil.copy2(src, d/'wav'/src.name)
+        tr.assign(path='wav/' + tr.path.map(lambda p: Path(p).name))[['path', 'label', 'patient']].to_csv(d/'manifest.csv', index=False)
+        dirs.append(d)
+    return dirs
+
+# %% ../nbs/12_rhythm.ipynb #000a5648
+def nested_stack_cv(
+    cv,            # the outer `heartnb cv` folder
+    inner:list,    # one inner `heartnb cv` folder per outer fold, in fold order: inner[k] ran on `fold_manifests(cv, ...)[k]`
+    data=None,     # dataset folder where recordings that moved are looked up by name (default: `$HEARTNB_DATA`)
+)->tuple:          # (list of `fold_scores` of the nested stack, one per outer fold; its predicted label of each recording, a Series on the outer `rhythm_table`'s index)
+    "Nested cross-validation of the rhythm stack: outer fold k is predicted by `fit_stack` on inner[k]'s out-of-fold probabilities, applied to the outer fold model's probabilities and rhythm features. Raises `HeartnbError` if an inner run is not on fold k's training recordings."
+    import os
+    tab = rhythm_table(cv_oof([cv]), data=data or os.environ.get('HEARTNB_DATA'))
+    classes = [c for c in tab.columns if c not in ('path','label','patient','predicted','fold','rhythm_error') + tuple(RHYTHM_FEATURES)]
+    feats = tab.set_index(tab.path.map(lambda p: Path(p).name))[RHYTHM_FEATURES]
+    folds = sorted(tab.fold.unique())
+    if len(inner) != len(folds): raise HeartnbError(f"{cv} has {len(folds)} folds but {len(inner)} inner runs were given: one per outer fold, in order.")
+    pred,scores = pd.Series('', index=tab.index, dtype=object),[]
+    for k,d in zip(folds, inner):
+        o = cv_oof([d]); o.index = o.path.map(lambda p: Path(p).name)
+        if sorted(o.index) != sorted(tab.path[tab.fold != k].map(lambda p: Path(p).name)):
+            raise HeartnbError(f"{d} was not run on the recordings outside fold {k} of {cv}: run it on `fold_manifests(cv, ...)[{k}]`.")
+        prm = fit_stack(o.join(feats), classes)
+        va = tab.fold == k
+        pred[va] = np.array(classes)[stack_probs(prm, tab.loc[va, classes].to_numpy(float), tab.loc[va, RHYTHM_FEATURES].to_numpy(float)).argmax(1)]
+        scores.append(fold_scores(tab.label[va], pred[va], classes))
+    return scores, pred

@@ -115,7 +115,7 @@ def cv_summary(
 def noisy_check(
     run,        # a `heartnb cv` or `heartnb stack` folder (its models, or its out-of-fold predictions if it trained on noisy recordings), or a folder `open_model` loads
     data=None,  # the PASCAL folder (default: $HEARTNB_DATA)
-)->dict:        # n, how ('unseen' or 'out-of-fold'), accuracy, balanced_accuracy (over the classes present), 'recall/<class>', 'called/<class>'
+)->dict:        # n, how ('unseen'; 'out-of-fold'; 'unseen, but the gate fitted on them' for a stack with a quality gate), accuracy, balanced_accuracy (over the classes present), 'recall/<class>', 'called/<class>'
     "Score a model on set_b's noisy recordings only (PASCAL's labelled `noisynormal` and `noisymurmur`), which it never trained on; out-of-fold where its `oof.csv` or `stack_oof.csv` holds them (it trained on them: `include_noisy`). Raises `HeartnbError` if `data` has none."
     from heartnb.data import HeartnbError, index_dataset
     from heartnb.predict import open_model, predict_probs
@@ -128,7 +128,8 @@ def noisy_check(
     if len(oof): y,pred,how = oof.label.to_numpy(),oof.predicted.to_numpy(),'out-of-fold'     # it trained on them
     else:
         m = open_model(run)
-        y,pred,how = df.label.to_numpy(),np.array(m.vocab)[predict_probs(m, df.path.tolist()).argmax(1).numpy()],'unseen'
+        how = 'unseen, but the gate fitted on them' if getattr(m, 'gate', None) else 'unseen'    # a stack's quality gate learnt from these recordings
+        y,pred = df.label.to_numpy(),np.array(m.vocab)[predict_probs(m, df.path.tolist()).argmax(1).numpy()]
     present = sorted(set(y))
     return dict(n=len(y), how=how, accuracy=float((pred == y).mean()), balanced_accuracy=float(np.mean([(pred[y == c] == c).mean() for c in present])),
                 **{f'recall/{c}': float((pred[y == c] == c).mean()) for c in present},
