@@ -419,7 +419,7 @@ def _gate_job(
     from sklearn.metrics import roc_auc_score
     from heartnb.data import index_dataset
     nz = index_dataset(data, 'b', include_noisy=True, missing='drop')
-    nz = nz[(nz.sublabel.fillna('') != '') & ~nz.path.isin(set(tab.path))]
+    nz = nz[(nz.sublabel.fillna('') != '') & ~nz.path.map(lambda p: Path(p).name).isin(set(tab.path.map(lambda p: Path(p).name)))]   # by name: the data may have moved
     if not len(nz): raise HeartnbError(f"{data}: no set_b noisy recordings (noisynormal, noisymurmur) that the runs did not train on, so no quality gate: drop `--gate`.")
     ntab = rhythm_table(nz[['path', 'label', 'patient']].reset_index(drop=True), data, cache=out/'rhythm_noisy.csv')
     G = pd.concat([tab.assign(noisy=False), ntab.assign(noisy=True)], ignore_index=True)[['path', 'patient', 'noisy', *RHYTHM_FEATURES]]
@@ -480,20 +480,20 @@ def fold_manifests(
     out,       # folder to create: k0/ .. k{K-1}/, each with manifest.csv and wav/ (copies of the recordings outside that fold)
     data=None, # dataset folder where recordings that moved are looked up by name (default: `$HEARTNB_DATA`)
 )->list:       # the K dataset folders, in fold order, for `heartnb cv --dataset csv --data FOLDER`
-    "Each outer fold's training recordings (all but fold k) as a CSV-manifest dataset, for the inner runs of `nested_stack_cv`. The recordings are copied: a manifest's files must lie in its folder. Raises `HeartnbError` for a folder that is not a finished run."
+    "Each outer fold's training recordings (all but fold k) as a CSV-manifest dataset, for the inner runs of `nested_stack_cv`. The recordings are copied: a manifest's files must lie in its folder. Raises `HeartnbError` for a folder that is not a finished run, `FileNotFoundError` naming a recording found neither at its path nor under `data` (before anything is written)."
     import os, shutil
     df = cv_oof([cv])
     names = {p.name: p for p in Path(data or os.environ.get('HEARTNB_DATA', '.')).rglob('*.wav')}
+    src = {p: Path(p) if Path(p).exists() else names.get(Path(p).name) for p in df.path}
+    if missing := [p for p,s in src.items() if s is None]:
+        raise FileNotFoundError(f"{len(missing)} recording(s) of {cv} not found, e.g. {missing[0]}: pass the dataset folder as `data`")
     dirs = []
     for k in sorted(df.fold.unique()):
-        d = Path(out)/f'k{k}'
+        d,tr = Path(out)/f'k{k}',df[df.fold != k]
         (d/'wav').mkdir(parents=True, exist_ok=True)
-        tr = df[df.fold != k]
         for p in tr.path:
-            src = Path(p) if Path(p).exists() else names.get(Path(p).name)
-            if src is None: raise FileNotFoundError(f"{p}: recording not found: pass the dataset folder as `data`")
-            if not (d/'wav'/src.name).exists(): shutil.copy2(src, d/'wav'/src.name)
-        tr.assign(path='wav/' + tr.path.map(lambda p: Path(p).name))[['path', 'label', 'patient']].to_csv(d/'manifest.csv', index=False)
+            if not (d/'wav'/src[p].name).exists(): shutil.copy2(src[p], d/'wav'/src[p].name)
+        tr.assign(path='wav/' + tr.path.map(lambda p: src[p].name))[['path', 'label', 'patient']].to_csv(d/'manifest.csv', index=False)   # last: the folder is a dataset once complete
         dirs.append(d)
     return dirs
 
