@@ -438,7 +438,7 @@ def stack_job(
     gate:bool=False,    # also fit a quality gate (`fit_gate`) on the PASCAL set_b noisy recordings of `data` the runs did not train on
 )->dict:                # the contents of stack.json
     "Fit the rhythm stack on cross-validation runs (see above): their averaged out-of-fold probabilities, rhythm features, scores on the runs' own folds (CNN alone and stacked), the regression on all recordings, and optionally the quality gate (`_gate_job`). Raises `HeartnbError`."
-    import os, json
+    import os, json, shutil
     from heartnb.transfer import _read_cv
     from heartnb.spectrogram import atomic_write
     out,cvs = Path(out),[Path(c) for c in cvs]
@@ -446,16 +446,18 @@ def stack_job(
     classes = [c for c in df.columns if c not in ('path','label','patient','predicted','fold')]
     new = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    try: tab = rhythm_table(df, data=data or os.environ.get('HEARTNB_DATA'), cache=out/'rhythm_features.csv')
+    try:                       # everything that can fail, before stack_oof.csv and stack.json are written
+        data = data or os.environ.get('HEARTNB_DATA')
+        tab = rhythm_table(df, data=data, cache=out/'rhythm_features.csv')
+        (cnn,_),(stacked,pred) = stack_cv(tab, 'cnn-argmax', 'logreg', classes),stack_cv(tab, 'cnn+rhythm', 'logreg', classes)
+        s = dict(kind='heartnb rhythm stack', classes=classes, sr=4000, n_recordings=len(tab), k=int(tab.fold.nunique()),
+                 cnn=[os.path.relpath(c.absolute(), out.absolute()) for c in cvs], pretrained=[_read_cv(c)['pretrained'] for c in cvs],
+                 no_rhythm=int((tab.rhythm_error != '').sum()), cv=dict(cnn=summarize_scores(cnn), stacked=summarize_scores(stacked)),
+                 params=fit_stack(tab, classes), **(dict(gate=_gate_job(out, tab, pred, classes, data)) if gate else {}))
     except BaseException:
-        if new and not any(out.iterdir()): out.rmdir()        # leave nothing behind
+        if new: shutil.rmtree(out, ignore_errors=True)        # leave nothing behind (the feature caches included)
         raise
-    (cnn,_),(stacked,pred) = stack_cv(tab, 'cnn-argmax', 'logreg', classes),stack_cv(tab, 'cnn+rhythm', 'logreg', classes)
     atomic_write(out/'stack_oof.csv', lambda t: tab[['path', 'label', 'patient', 'fold']].assign(cnn=tab.predicted, predicted=pred).to_csv(t, index=False))
-    s = dict(kind='heartnb rhythm stack', classes=classes, sr=4000, n_recordings=len(tab), k=int(tab.fold.nunique()),
-             cnn=[os.path.relpath(c.absolute(), out.absolute()) for c in cvs], pretrained=[_read_cv(c)['pretrained'] for c in cvs],
-             no_rhythm=int((tab.rhythm_error != '').sum()), cv=dict(cnn=summarize_scores(cnn), stacked=summarize_scores(stacked)), params=fit_stack(tab, classes))
-    if gate: s['gate'] = _gate_job(out, tab, pred, classes, data or os.environ.get('HEARTNB_DATA'))
     atomic_write(out/STACK_FILE, lambda t: Path(t).write_text(json.dumps(s, indent=1)))
     return s
 

@@ -336,6 +336,10 @@ def test_rhythm_stack_command(synth, cvrun, tmp_path):
     feats = lambda names: np.array([[rhythm_features(load_audio(w, 4000, usable=False)[0], 4000)[k] for k in names] for w in wv])
     cnn,held = predict_probs(open_model(out), wv).numpy(),gate_noisy(g, feats(g['features']))
     np.testing.assert_allclose(predict_probs(open_model(gt), wv), np.where(held[:, None], cnn, stack_probs(sg['params'], cnn, feats(sg['params']['features']))), atol=1e-5)
+    clean = tmp_path/'clean'; shutil.copytree(synth, clean)     # a dataset without noisy recordings: no gate, and nothing left behind
+    for f in clean.rglob('*noisy*.wav'): f.unlink()
+    rc,txt = run_cli('stack', out, '--out', tmp_path/'nogate', '--data', clean, '--gate')
+    assert rc == 1 and 'no set_b noisy recordings' in txt and 'Traceback' not in txt and not (tmp_path/'nogate').exists(), txt
     rc,txt = run_cli('stack', tmp_path/'absent', '--out', tmp_path/'bad')
     assert rc == 1 and 'no oof.csv' in txt and 'Traceback' not in txt and not (tmp_path/'bad').exists()
     moved = tmp_path/'a'/'b'; moved.mkdir(parents=True); (moved/'stack.json').write_text((st/'stack.json').read_text())
