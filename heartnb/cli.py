@@ -114,7 +114,6 @@ def heartnb_evaluate(
     print(f"{model} on set_{subset} of {data_path(data)} (tta {tta})\n" + format_report(rep))
     if len(rep['per_sublabel']) > 1: print('accuracy by sublabel: ' + ', '.join(f"{k} {v['accuracy']:.3f} (n={v['n']})" for k,v in rep['per_sublabel'].items()))
 
-
 @call_parse
 @_cli
 @delegates(cv_job, but=['progress'])

@@ -99,8 +99,8 @@ def summarize_reports(
     rows = [dict(accuracy=r['accuracy'], balanced_accuracy=r['balanced_accuracy'], macro_f1=r['macro_f1'],
                  **{f'recall/{c}': v['recall'] for c,v in r['per_class'].items()},
                  **{f'f1/{c}': v['f1'] for c,v in r['per_class'].items()}) for r in reports]
-    d = pd.DataFrame(rows)
-    return {k: dict(mean=float(d[k].mean()), std=float(d[k].std(ddof=1)) if len(d) > 1 else 0.) for k in d}
+    from heartnb.rhythm import summarize_scores     # numpy, pandas and scipy only
+    return summarize_scores(rows)
 
 def majority_baseline(
     labels,        # true labels of the evaluated recordings

@@ -276,6 +276,13 @@ def rhythm_cv_table(
                     **{f'{k}_mean': v['mean'] for k,v in s.items()}})
     return pd.DataFrame(out).set_index('model')
 
+# %% ../nbs/12_rhythm.ipynb #21cf0f4e
+def _oof_classes(
+    df:pd.DataFrame,   # an oof.csv's rows (`cv_oof`), with or without the rhythm features of `rhythm_table`
+)->list:               # the class names: its probability columns, in their order
+    "The classes of an out-of-fold table: every column that is not a recording's path, label, patient, fold, answer or rhythm feature."
+    return [c for c in df.columns if c not in ('path', 'label', 'patient', 'predicted', 'fold', 'rhythm_error', *RHYTHM_FEATURES)]
+
 # %% ../nbs/12_rhythm.ipynb #58a7f58f
 def cv_oof(
     cvs:list,        # `heartnb cv` output folders (finished: each has an oof.csv), made on the same recordings and folds
@@ -287,7 +294,7 @@ def cv_oof(
             raise HeartnbError(f"{d}: no oof.csv, so not a finished `heartnb cv` folder: finish the run (the same command resumes it) or pass another folder.")
         dfs.append(pd.read_csv(d/'oof.csv', dtype={'patient': str}).sort_values('path', ignore_index=True))
     if not dfs: raise HeartnbError("give at least one `heartnb cv` folder")
-    df,classes = dfs[0],[c for c in dfs[0].columns if c not in ('path','label','patient','predicted','fold')]
+    df,classes = dfs[0],_oof_classes(dfs[0])
     for d,o in zip(cvs[1:], dfs[1:]):
         if list(o.path) != list(df.path) or list(o.fold) != list(df.fold) or sorted(o.columns) != sorted(df.columns):
             raise HeartnbError(f"{d} and {cvs[0]} were not made on the same recordings, folds and classes: stack runs of the same "
@@ -443,7 +450,7 @@ def stack_job(
     from heartnb.spectrogram import atomic_write
     out,cvs = Path(out),[Path(c) for c in cvs]
     df = cv_oof(cvs)
-    classes = [c for c in df.columns if c not in ('path','label','patient','predicted','fold')]
+    classes = _oof_classes(df)
     new = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     try:                       # everything that can fail, before stack_oof.csv and stack.json are written
@@ -508,7 +515,7 @@ def nested_stack_cv(
     "Nested cross-validation of the rhythm stack: outer fold k is predicted by `fit_stack` on inner[k]'s out-of-fold probabilities, applied to the outer fold model's probabilities and rhythm features. Raises `HeartnbError` if an inner run is not on fold k's training recordings."
     import os
     tab = rhythm_table(cv_oof([cv]), data=data or os.environ.get('HEARTNB_DATA'))
-    classes = [c for c in tab.columns if c not in ('path','label','patient','predicted','fold','rhythm_error') + tuple(RHYTHM_FEATURES)]
+    classes = _oof_classes(tab)
     feats = tab.set_index(tab.path.map(lambda p: Path(p).name))[RHYTHM_FEATURES]
     folds = sorted(tab.fold.unique())
     if len(inner) != len(folds): raise HeartnbError(f"{cv} has {len(folds)} folds but {len(inner)} inner runs were given: one per outer fold, in order.")
