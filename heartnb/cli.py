@@ -1,4 +1,4 @@
-"""`heartnb train`, `heartnb cv`, `heartnb stack`, `heartnb evaluate`, `heartnb spectrograms`, `heartnb predict`: thin commands over the library's jobs and functions.
+"""`heartnb train`, `heartnb cv`, `heartnb stack`, `heartnb ensemble`, `heartnb evaluate`, `heartnb spectrograms`, `heartnb predict`: thin commands over the library's jobs and functions.
 
 Docs: https://heartnb.github.io/heartnb/cli.html.md"""
 
@@ -6,7 +6,7 @@ Docs: https://heartnb.github.io/heartnb/cli.html.md"""
 
 # %% auto #0
 __all__ = ['COMMANDS', 'heartnb_train', 'heartnb_spectrograms', 'heartnb_predict', 'heartnb_evaluate', 'heartnb_cv',
-           'heartnb_stack', 'main']
+           'heartnb_stack', 'heartnb_ensemble', 'main']
 
 # %% ../nbs/07_cli.ipynb #5a80cde6
 import sys, json as jsonlib
@@ -137,7 +137,25 @@ def heartnb_cv(
               f"ensemble accuracy {e['accuracy']:.3f} balanced accuracy {e['balanced_accuracy']:.3f} macro-F1 {e['macro_f1']:.3f}")
     print(f"wrote {Path(out)/'cv.json'}")
 
-# %% ../nbs/07_cli.ipynb #4c5ae7a8
+# %% ../nbs/07_cli.ipynb #8843dff9
+def _print_stack(
+    s:dict,   # what `stack_job` returns (stack.json's contents)
+    out,      # its folder
+):
+    "What `heartnb stack` and `heartnb ensemble` print: the scores on the runs' own folds (mean ± std over folds), the gate's, and where the model is."
+    from heartnb.transfer import mean_std as _ms
+    what = 'rhythm stack' if s['params'] else 'ensemble'
+    print(f"{what} of {len(s['cnn'])} CNN run(s), {s['n_recordings']} recordings, {s['k']} folds (mean ± std over folds, on the runs' own folds):")
+    g = s.get('gate', {}).get('cv')
+    rows = (('CNN alone' if len(s['cnn']) == 1 else 'CNN mean', s['cv']['cnn']),) + tuple((k, s['cv'][k]) for k in ('stacked',) if k in s['cv'])
+    for name,d in rows + ((('gated', g['gated']),) if g else ()):
+        print(f"  {name:10s} accuracy {_ms(d,'accuracy')}  balanced accuracy {_ms(d,'balanced_accuracy')}  macro-F1 {_ms(d,'macro_f1')}  recall: "
+              + '  '.join(f"{c} {_ms(d, 'recall/'+c)}" for c in s['classes']))
+    if g: print(f"  quality gate: out-of-fold AUC {g['auc']:.3f} (noisy against clean); it holds back {g['clean_held']:.0%} of the clean recordings "
+                f"and {g['noisy_held']:.0%} of {g['n_noisy']} noisy ones (their CNN answer stands)")
+    print(f"wrote {Path(out)/'stack.json'}: use it with `heartnb predict {out} ...` and `heartnb evaluate {out}`")
+
+# %% ../nbs/07_cli.ipynb #3350cb43
 @call_parse
 @_cli
 def heartnb_stack(
@@ -149,27 +167,30 @@ def heartnb_stack(
     "Stack rhythm features on cross-validation runs' CNN probabilities: its scores on the runs' own folds, and a model for predict and evaluate."
     if not cvs: raise CliError("error: give at least one `heartnb cv` folder")
     from heartnb.rhythm import stack_job
-    from heartnb.transfer import mean_std as _ms
-    s = stack_job(out, cvs, data, gate)
-    print(f"rhythm stack on {len(cvs)} CNN run(s), {s['n_recordings']} recordings, {s['k']} folds (mean ± std over folds, on the runs' own folds):")
-    g = s.get('gate', {}).get('cv')
-    for name,d in (('CNN alone', s['cv']['cnn']), ('stacked', s['cv']['stacked'])) + ((('gated', g['gated']),) if g else ()):
-        print(f"  {name:10s} accuracy {_ms(d,'accuracy')}  balanced accuracy {_ms(d,'balanced_accuracy')}  macro-F1 {_ms(d,'macro_f1')}  recall: "
-              + '  '.join(f"{c} {_ms(d, 'recall/'+c)}" for c in s['classes']))
-    if g: print(f"  quality gate: out-of-fold AUC {g['auc']:.3f} (noisy against clean); it holds back {g['clean_held']:.0%} of the clean recordings "
-                f"and {g['noisy_held']:.0%} of {g['n_noisy']} noisy ones (their CNN answer stands)")
-    print(f"wrote {Path(out)/'stack.json'}: use it with `heartnb predict {out} ...` and `heartnb evaluate {out}`")
+    _print_stack(stack_job(out, cvs, data, gate), out)
+
+# %% ../nbs/07_cli.ipynb #f2ab1125
+@call_parse
+@_cli
+def heartnb_ensemble(
+    *cvs:str,        # two or more `heartnb cv` output folders (finished), made on the same recordings and folds
+    out:Annotated[str, "folder for stack.json (the model: the runs it averages) and stack_oof.csv", dict(opt=True, required=True)]=None,
+):
+    "Average cross-validation runs' probabilities (e.g. an audio-path and a PNG-path run): the average's scores on the runs' own folds, and a model for predict and evaluate."
+    if len(cvs) < 2: raise CliError("error: give two or more `heartnb cv` folders to average (one run is already a model: `heartnb predict RUN ...`)")
+    from heartnb.rhythm import stack_job
+    _print_stack(stack_job(out, cvs, rhythm=False), out)
 
 # %% ../nbs/07_cli.ipynb #99e6c7ff
 _progress = LazyModule('heartnb.progress')   # fastprogress: not imported by `heartnb predict`
 
-COMMANDS = dict(train=heartnb_train, cv=heartnb_cv, stack=heartnb_stack, evaluate=heartnb_evaluate, spectrograms=heartnb_spectrograms, predict=heartnb_predict)
+COMMANDS = dict(train=heartnb_train, cv=heartnb_cv, stack=heartnb_stack, ensemble=heartnb_ensemble, evaluate=heartnb_evaluate, spectrograms=heartnb_spectrograms, predict=heartnb_predict)
 
 def main():
-    "Entry point of the `heartnb` command: `heartnb {train,cv,stack,evaluate,spectrograms,predict} [options]`."
+    "Entry point of the `heartnb` command: `heartnb {train,cv,stack,ensemble,evaluate,spectrograms,predict} [options]`."
     if len(sys.argv) < 2 or sys.argv[1] not in COMMANDS:
         first = sys.argv[1] if len(sys.argv) > 1 else None
-        print("usage: heartnb {train,cv,stack,evaluate,spectrograms,predict} [--help] [options]\n\n" +
+        print("usage: heartnb {train,cv,stack,ensemble,evaluate,spectrograms,predict} [--help] [options]\n\n" +
               '\n'.join(f"  {k:13s} {f.__doc__}" for k,f in COMMANDS.items()))
         sys.exit(0 if first in ('-h','--help') else 2)
     cmd = sys.argv.pop(1)

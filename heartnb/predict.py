@@ -307,7 +307,7 @@ def load_safe(
 
 # %% ../nbs/05_predict.ipynb #06358d31
 def open_model(
-    fname, # `*.safetensors`/`*.json`/run folder (safe), a `heartnb cv` folder (its fold models, an `Ensemble`), a `heartnb stack` folder (`RhythmStack`), or `*.pkl` (fastai pickle: trusted files only)
+    fname, # `*.safetensors`/`*.json`/run folder (safe), a `heartnb cv` folder (its fold models, an `Ensemble`), a `heartnb stack` or `heartnb ensemble` folder (`RhythmStack`), or `*.pkl` (fastai pickle: trusted files only)
     trust_pickle:bool=False, # load a `.pkl` (a pickle runs any code it holds: only for files you made yourself)
 )->'SafeModel|Ensemble|Learner':
     "Load a model by its file name: the safe loader for safetensors; `load_model` (pickle) only for `.pkl` and only with `trust_pickle`. Raises `UnsafeModelError` for a pickle without it."

@@ -374,16 +374,16 @@ def gate_cv(
 
 # %% ../nbs/12_rhythm.ipynb #5ebade44
 class RhythmStack:
-    "The rhythm stack as a predictor (`load_stack`): the mean probabilities of its CNN runs' fold models and the rhythm features of the same recording, through `stack_probs`; where its quality gate (if any) finds a recording noisy, the CNN's probabilities."
+    "The rhythm stack as a predictor (`load_stack`): the mean probabilities of its CNN runs' fold models and the rhythm features of the same recording, through `stack_probs`; where its quality gate (if any) finds a recording noisy, the CNN's probabilities. Without `params` (`heartnb ensemble`), the runs' mean probabilities alone."
     def __init__(self,
         cnns:list,         # the CNN runs' fold models, each an `Ensemble` (or any predictor `predict_probs` takes), classes in `params['classes']` order
-        params:dict,       # from `fit_stack`
+        params:dict,       # from `fit_stack`; None: no second level, the runs' average (then `meta['classes']` gives the classes)
         sr:int=4000,       # sample rate the rhythm features are computed at, Hz
         meta:dict=None,    # what stack.json records (runs, scores, and `gate`: a quality gate from `fit_gate`, if any)
     ):
         self.cnns,self.params,self.sr,self.meta = cnns,params,sr,meta or {}
         self.gate = self.meta.get('gate')      # `fit_gate`'s parameters, if the stack has a quality gate
-        self.vocab = list(params['classes'])
+        self.vocab = list((params or self.meta)['classes'])
         for m in cnns:
             if list(m.vocab) != self.vocab: raise HeartnbError(f"a CNN of the stack has classes {list(m.vocab)}, the stack {self.vocab}: refit it with `heartnb stack`.")
 
@@ -399,6 +399,7 @@ class RhythmStack:
         res = [_predict(m, wavs, bs, tta) for m in self.cnns]
         probs = torch.stack([p for p,_ in res]).mean(0).numpy()
         errs = {i: e for _,es in res for i,e in es.items()}
+        if self.params is None: return torch.from_numpy(probs).float(), errs    # an ensemble of runs: no rhythm
         fs = [{}]*len(wavs)
         for i,w in enumerate(wavs):
             if i in errs: continue
@@ -443,24 +444,30 @@ def stack_job(
     cvs:list,           # `heartnb cv` output folders (finished), made on the same recordings and folds
     data=None,          # dataset folder where recordings that moved are looked up by name (default: `$HEARTNB_DATA`)
     gate:bool=False,    # also fit a quality gate (`fit_gate`) on the PASCAL set_b noisy recordings of `data` the runs did not train on
+    rhythm:bool=True,   # False: no rhythm features and no second level, the runs' average alone (`heartnb ensemble`)
 )->dict:                # the contents of stack.json
-    "Fit the rhythm stack on cross-validation runs (see above): their averaged out-of-fold probabilities, rhythm features, scores on the runs' own folds (CNN alone and stacked), the regression on all recordings, and optionally the quality gate (`_gate_job`). Raises `HeartnbError`."
+    "Fit the rhythm stack on cross-validation runs (see above): their averaged out-of-fold probabilities, rhythm features, scores on the runs' own folds (CNN alone and stacked), the regression on all recordings, and optionally the quality gate (`_gate_job`). Raises `HeartnbError` (also for a gate without rhythm)."
     import os, json, shutil
     from heartnb.transfer import _read_cv
     from heartnb.spectrogram import atomic_write
     out,cvs = Path(out),[Path(c) for c in cvs]
+    if gate and not rhythm: raise HeartnbError("the quality gate works on the rhythm features: drop the gate, or keep the rhythm features")
     df = cv_oof(cvs)
     classes = _oof_classes(df)
     new = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     try:                       # everything that can fail, before stack_oof.csv and stack.json are written
         data = data or os.environ.get('HEARTNB_DATA')
-        tab = rhythm_table(df, data=data, cache=out/'rhythm_features.csv')
-        (cnn,_),(stacked,pred) = stack_cv(tab, 'cnn-argmax', 'logreg', classes),stack_cv(tab, 'cnn+rhythm', 'logreg', classes)
-        s = dict(kind='heartnb rhythm stack', classes=classes, sr=4000, n_recordings=len(tab), k=int(tab.fold.nunique()),
+        tab = rhythm_table(df, data=data, cache=out/'rhythm_features.csv') if rhythm else df
+        cnn,pred = stack_cv(tab, 'cnn-argmax', 'logreg', classes)
+        s = dict(kind='heartnb rhythm stack' if rhythm else 'heartnb ensemble', classes=classes, n_recordings=len(tab), k=int(tab.fold.nunique()),
                  cnn=[os.path.relpath(c.absolute(), out.absolute()) for c in cvs], pretrained=[_read_cv(c)['pretrained'] for c in cvs],
-                 no_rhythm=int((tab.rhythm_error != '').sum()), cv=dict(cnn=summarize_scores(cnn), stacked=summarize_scores(stacked)),
-                 params=fit_stack(tab, classes), **(dict(gate=_gate_job(out, tab, pred, classes, data)) if gate else {}))
+                 cv=dict(cnn=summarize_scores(cnn)), params=None)
+        if rhythm:
+            stacked,pred = stack_cv(tab, 'cnn+rhythm', 'logreg', classes)
+            s.update(sr=4000, no_rhythm=int((tab.rhythm_error != '').sum()), params=fit_stack(tab, classes),
+                     **(dict(gate=_gate_job(out, tab, pred, classes, data)) if gate else {}))
+            s['cv']['stacked'] = summarize_scores(stacked)
     except BaseException:
         if new: shutil.rmtree(out, ignore_errors=True)        # leave nothing behind (the feature caches included)
         raise
@@ -477,11 +484,11 @@ def load_stack(
     from heartnb.predict import open_model
     path = Path(path)
     fn = path if path.suffix == '.json' else path/STACK_FILE
-    try: s = json.loads(fn.read_text()); runs = [fn.parent/c for c in s['cnn']]
-    except (OSError, ValueError, KeyError, TypeError) as e: raise HeartnbError(f"{fn}: not a heartnb rhythm stack ({e}): make one with `heartnb stack`.") from None
+    try: s = json.loads(fn.read_text()); runs = [fn.parent/c for c in s['cnn']]; s['classes']
+    except (OSError, ValueError, KeyError, TypeError) as e: raise HeartnbError(f"{fn}: not a heartnb rhythm stack or ensemble ({e}): make one with `heartnb stack` or `heartnb ensemble`.") from None
     for r in runs:
         if not r.is_dir(): raise HeartnbError(f"{fn} uses the cross-validation run {r}, which is not there: keep the stack and its `heartnb cv` folders where they were, or run `heartnb stack` again.")
-    return RhythmStack([open_model(r) for r in runs], s['params'], s['sr'], meta=s)
+    return RhythmStack([open_model(r) for r in runs], s.get('params'), s.get('sr', 4000), meta=s)
 
 # %% ../nbs/12_rhythm.ipynb #10dc886f
 def fold_manifests(

@@ -345,3 +345,28 @@ def test_rhythm_stack_command(synth, cvrun, tmp_path):
     moved = tmp_path/'a'/'b'; moved.mkdir(parents=True); (moved/'stack.json').write_text((st/'stack.json').read_text())
     rc,txt = run_cli('predict', moved, wavs[0])
     assert rc == 1 and 'not there' in txt and 'Traceback' not in txt
+
+def test_ensemble_command(synth, cvrun, tmp_path):
+    "`heartnb ensemble` of a PNG-path and an audio-path run on the same folds: out-of-fold scores of their mean probabilities, and a model that predicts that mean (12_rhythm)."
+    from heartnb.predict import open_model, predict_probs
+    from heartnb.rhythm import RhythmStack, cv_oof
+    png,aud,ens = cvrun[0],tmp_path/'audio',tmp_path/'ens'
+    rc,txt = run_cli('cv', '--data', synth, '--out', aud, '--k', 2, '--size', 32, '--bs', 8, '--freeze-epochs', 1, '--epochs', 1, '--lr', 3e-3,
+                     '--no-pretrained', '--workers', 0, '--balance', 'weights', '--input', 'audio', '--duration', 2)
+    assert rc == 0, txt
+    rc,txt = run_cli('ensemble', png, aud, '--out', ens)
+    assert rc == 0 and 'ensemble of 2 CNN run(s)' in txt and 'CNN mean' in txt and 'stacked' not in txt, txt
+    s,oof = json.loads((ens/'stack.json').read_text()),cv_oof([png, aud])
+    assert s['kind'] == 'heartnb ensemble' and s['params'] is None and s['n_recordings'] == len(oof) and not (ens/'rhythm_features.csv').exists()
+    so = pd.read_csv(ens/'stack_oof.csv').sort_values('path')
+    assert list(so.predicted) == list(oof.predicted) and list(so.cnn) == list(oof.predicted)      # the arg-max of the mean probabilities
+    acc = [(g.label == g.predicted).mean() for _,g in oof.groupby('fold')]
+    assert np.isclose(s['cv']['cnn']['accuracy']['mean'], np.mean(acc))
+    m,wavs = open_model(ens),oof.path[:4].tolist()
+    assert isinstance(m, RhythmStack) and m.vocab == s['classes']
+    p = predict_probs(m, wavs)
+    np.testing.assert_allclose(p, (predict_probs(open_model(png), wavs) + predict_probs(open_model(aud), wavs))/2, atol=1e-5)
+    r = run('predict', ens, *wavs, '--json')
+    assert r.returncode == 0 and [d['label'] for d in json.loads(r.stdout)] == [s['classes'][i] for i in p.argmax(1)], r.stderr
+    rc,txt = run_cli('ensemble', png, '--out', tmp_path/'one')
+    assert rc == 1 and 'two or more' in txt and not (tmp_path/'one').exists(), txt
