@@ -385,7 +385,7 @@ class RhythmStack:
         self.gate = self.meta.get('gate')      # `fit_gate`'s parameters, if the stack has a quality gate
         self.vocab = list((params or self.meta)['classes'])
         for m in cnns:
-            if list(m.vocab) != self.vocab: raise HeartnbError(f"a CNN of the stack has classes {list(m.vocab)}, the stack {self.vocab}: refit it with `heartnb stack`.")
+            if list(m.vocab) != self.vocab: raise HeartnbError(f"a CNN of the stack has classes {list(m.vocab)}, the stack {self.vocab}: make it again with `heartnb stack` (or `heartnb ensemble`).")
 
     def predict_files(self,
         wavs:list,    # audio files
@@ -487,7 +487,7 @@ def load_stack(
     try: s = json.loads(fn.read_text()); runs = [fn.parent/c for c in s['cnn']]; s['classes']
     except (OSError, ValueError, KeyError, TypeError) as e: raise HeartnbError(f"{fn}: not a heartnb rhythm stack or ensemble ({e}): make one with `heartnb stack` or `heartnb ensemble`.") from None
     for r in runs:
-        if not r.is_dir(): raise HeartnbError(f"{fn} uses the cross-validation run {r}, which is not there: keep the stack and its `heartnb cv` folders where they were, or run `heartnb stack` again.")
+        if not r.is_dir(): raise HeartnbError(f"{fn} uses the cross-validation run {r}, which is not there: keep the stack and its `heartnb cv` folders where they were, or run `heartnb stack` (or `heartnb ensemble`) again.")
     return RhythmStack([open_model(r) for r in runs], s.get('params'), s.get('sr', 4000), meta=s)
 
 # %% ../nbs/12_rhythm.ipynb #10dc886f

@@ -370,3 +370,7 @@ def test_ensemble_command(synth, cvrun, tmp_path):
     assert r.returncode == 0 and [d['label'] for d in json.loads(r.stdout)] == [s['classes'][i] for i in p.argmax(1)], r.stderr
     rc,txt = run_cli('ensemble', png, '--out', tmp_path/'one')
     assert rc == 1 and 'two or more' in txt and not (tmp_path/'one').exists(), txt
+    from heartnb.data import HeartnbError
+    from heartnb.rhythm import stack_job
+    with pytest.raises(HeartnbError, match='rhythm features'): stack_job(tmp_path/'gated', [png, aud], gate=True, rhythm=False)   # a gate needs them
+    assert not (tmp_path/'gated').exists()
