@@ -147,8 +147,8 @@ def _print_stack(
     what = 'rhythm stack' if s['params'] else 'ensemble'
     print(f"{what} of {len(s['cnn'])} CNN run(s), {s['n_recordings']} recordings, {s['k']} folds (mean ± std over folds, on the runs' own folds):")
     g = s.get('gate', {}).get('cv')
-    rows = (('CNN alone' if len(s['cnn']) == 1 else 'CNN mean', s['cv']['cnn']),) + tuple((k, s['cv'][k]) for k in ('stacked',) if k in s['cv'])
-    for name,d in rows + ((('gated', g['gated']),) if g else ()):
+    rows = {'CNN alone' if len(s['cnn']) == 1 else 'CNN mean': s['cv']['cnn'], 'stacked': s['cv'].get('stacked'), 'gated': g and g['gated']}
+    for name,d in ((n,d) for n,d in rows.items() if d):
         print(f"  {name:10s} accuracy {_ms(d,'accuracy')}  balanced accuracy {_ms(d,'balanced_accuracy')}  macro-F1 {_ms(d,'macro_f1')}  recall: "
               + '  '.join(f"{c} {_ms(d, 'recall/'+c)}" for c in s['classes']))
     if g: print(f"  quality gate: out-of-fold AUC {g['auc']:.3f} (noisy against clean); it holds back {g['clean_held']:.0%} of the clean recordings "
