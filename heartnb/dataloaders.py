@@ -37,11 +37,13 @@ def PatientSplitter(
         return list(tr), list(va)
     return _inner
 
+# %% ../nbs/02_dataloaders.ipynb #65de91d6
 def group_col(split:str)->str:
     "The column no group may straddle in a grouped split: 'patient' for `split='patient'`, the recording ('path') for 'random'."
     if split not in ('random', 'patient'): raise ValueError(f"split must be 'random' or 'patient', not {split!r}")
     return 'patient' if split=='patient' else 'path'
 
+# %% ../nbs/02_dataloaders.ipynb #6301bb50
 def heart_splitter(split:str='random', valid_pct:float=0.3, seed:int=42):
     "The splitter for `split`: 'random' (per file, fastai's `RandomSplitter`) or 'patient' (`PatientSplitter`)."
     if split=='random': return RandomSplitter(valid_pct=valid_pct, seed=seed)
@@ -53,6 +55,7 @@ def png_or_file(r:object):  # (any item: `learn.predict` passes a file name, a `
     "`get_x` of `heart_dblock`: a manifest row's `png`, or a file name given as is (a recording to predict)."
     return str(r) if isinstance(r, (str, Path)) else r['png']
 
+# %% ../nbs/02_dataloaders.ipynb #13b0a240
 class SpecImage(Transform):
     "Type transform: a spectrogram PNG → `PILImage` (RGB); an audio file → its spectrogram image (`wav2image` with `cfg`, `size`)."
     def __init__(self, cfg='heart', size:int=512): self.cfg,self.size = spec_config(cfg),size
@@ -60,6 +63,7 @@ class SpecImage(Transform):
         if Path(fn).suffix.lower() in AUDIO_EXTS: return PILImage(Image.fromarray(wav2image(fn, self.cfg, self.size)).convert('RGB'))
         return PILImage.create(fn)
 
+# %% ../nbs/02_dataloaders.ipynb #017ea2e3
 def SpecImageBlock(cfg='heart', size:int=512)->TransformBlock:
     "fastai's `ImageBlock` for spectrogram PNGs that also reads audio files (`SpecImage`)."
     return TransformBlock(type_tfms=SpecImage(cfg, size), batch_tfms=IntToFloatTensor)
@@ -90,6 +94,7 @@ def heart_dblock(
                      item_tfms=Resize(size, method='squish'),
                      batch_tfms=Normalize.from_stats(*imagenet_stats))
 
+# %% ../nbs/02_dataloaders.ipynb #2afbb244
 def loader_workers(
     device=None, # where the batches go (default: fastai's `default_device()`, a CUDA GPU when there is one)
 )->int:          # DataLoader worker processes
@@ -100,11 +105,13 @@ def loader_workers(
     cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1)  # the cores this process may use
     return min(8, cores) if device.type == 'cuda' else 0
 
+# %% ../nbs/02_dataloaders.ipynb #dde946a6
 def check_balance(balance:str)->str:
     "`balance` itself if it is one heartnb knows (None, 'none', 'weights', 'oversample'); else raises `ValueError`."
     if balance not in (None, 'none', 'weights', 'oversample'): raise ValueError(f"balance must be 'none', 'weights' or 'oversample', not {balance!r}")
     return balance
 
+# %% ../nbs/02_dataloaders.ipynb #fec71f09
 def dblock_dls(
     dblock:DataBlock,      # how items become batches
     items:pd.DataFrame,    # the items, with a `label` column
@@ -122,6 +129,7 @@ def dblock_dls(
     if not oversample: return dss.dataloaders(**kw)
     return dss.weighted_dataloaders(class_balance_weights(np.asarray(items['label'])[dss.splits[0]]), **kw)
 
+# %% ../nbs/02_dataloaders.ipynb #227509fc
 def heart_dls(
     manifest:pd.DataFrame, # rows with `png` (absolute path), `label`, `patient` (see `load_manifest`)
     split:str='random',    # 'random' or 'patient'

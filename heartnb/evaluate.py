@@ -32,6 +32,7 @@ def cv_folds(
     for i,(_,va) in enumerate(sgkf.split(np.zeros(len(df)), df.label.values, groups)): folds[va] = i
     return folds
 
+# %% ../nbs/05a_evaluate.ipynb #e30c2f5c
 def holdout_split(
     df:pd.DataFrame,     # recordings
     test_pct:float=0.2,  # share held out (approximately 1/round(1/test_pct))
@@ -52,6 +53,7 @@ def recording_probs(
     mean = pd.DataFrame(np.asarray(probs, dtype=np.float32)).groupby(items.path.values, sort=False).mean()
     return items.drop_duplicates('path').reset_index(drop=True), torch.tensor(mean.to_numpy())
 
+# %% ../nbs/05a_evaluate.ipynb #ae091a44
 def learner_report(
     learn,              # a trained `Learner`
     dl=None,            # DataLoader to evaluate (default: the validation set, in order)
@@ -102,6 +104,7 @@ def summarize_reports(
     from heartnb.rhythm import summarize_scores     # numpy, pandas and scipy only
     return summarize_scores(rows)
 
+# %% ../nbs/05a_evaluate.ipynb #61f4caba
 def majority_baseline(
     labels,        # true labels of the evaluated recordings
     classes:list,  # class names
@@ -111,6 +114,7 @@ def majority_baseline(
     y = pd.Series(labels).map(list(classes).index).values
     return classification_report(y, np.full(len(y), list(classes).index(majority)), classes)
 
+# %% ../nbs/05a_evaluate.ipynb #7cfc9caf
 def format_report(rep:dict)->str:
     "A plain-text view of a `classification_report` (headline metrics, per-class table, confusion matrix)."
     cls = rep['classes']

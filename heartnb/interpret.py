@@ -48,6 +48,7 @@ def plot_confusion(
     if fname: fig.savefig(fname, dpi=80)
     return fig
 
+# %% ../nbs/04_interpret.ipynb #dfd515d3
 def interpret(
     learn:Learner,   # a trained learner
     out=None,        # folder for `confusion_matrix.png` and `top_losses.png` (nothing saved if None)

@@ -66,11 +66,13 @@ def stratified_sample(df:'pd.DataFrame', n:int, seed:int=42, col:str='label')->'
     keep,_ = train_test_split(df, train_size=n, stratify=df[col], random_state=seed)
     return keep.sort_index()
 
+# %% ../nbs/06_jobs.ipynb #a54b00fb
 def _settings(r:dict, data:Path)->dict:
     "What a run folder's `settings.json` records: the recipe, less where files go"
     s = {k: v for k,v in r.items() if k not in ('png', 'workers')}
     return dict(s, data=str(data.absolute()), arch=str(r['arch']), preset=str(r['preset']), weights=str(r['weights']) if r['weights'] else None)
 
+# %% ../nbs/06_jobs.ipynb #810f511f
 def _check_settings(sfn:Path, settings:dict, out:Path):
     "Refuse to go on with a run folder started with other settings"
     old = json.loads(sfn.read_text())
@@ -78,6 +80,7 @@ def _check_settings(sfn:Path, settings:dict, out:Path):
     if diff: raise HeartnbError(f"{out} was started with other settings ({', '.join(f'{k}: {a!r} then, {b!r} now' for k,(a,b) in diff.items())}): "
                                 f"resume with the same options, or use a new --out folder (the old ones are in {sfn}).")
 
+# %% ../nbs/06_jobs.ipynb #37155f12
 def _preflight(r:dict)->Path:
     "Fail fast, before any long work: the data, the architecture, the weights"
     from heartnb.backbones import get_arch, imagenet_weights
@@ -88,6 +91,7 @@ def _preflight(r:dict)->Path:
     if r['pretrained'] and not w: imagenet_weights(r['arch'])
     return data
 
+# %% ../nbs/06_jobs.ipynb #c64732a1
 def _versions()->dict:
     import torch, fastai
     from fastai.vision.all import default_device
@@ -112,6 +116,7 @@ def prepare_items(
         return load_manifest(png)
     return rank0_first(convert)
 
+# %% ../nbs/06_jobs.ipynb #3b86582d
 def fit_recipe(
     items:'pd.DataFrame', # from `prepare_items`
     out,                # folder for the lr_find plots (and the learner's `path`)

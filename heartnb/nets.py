@@ -18,6 +18,7 @@ class ConcatPool(nn.Module):
     "fastai's `AdaptiveConcatPool2d(1)`: (batch, c, h, w) → (batch, 2c, 1, 1), the spatial max then the mean."
     def forward(self, x): return torch.cat([F.adaptive_max_pool2d(x, 1), F.adaptive_avg_pool2d(x, 1)], 1)
 
+# %% ../nbs/03b_nets.ipynb #f6da7c06
 def heart_head(
     nf:int,       # features of the body's output (its channels)
     n_out:int,    # classes
@@ -47,8 +48,10 @@ class _Block(nn.Module):
         if self.bottleneck: y = self.bn3(self.conv3(self.relu(y)))
         return self.relu(y + (x if self.downsample is None else self.downsample(x)))
 
+# %% ../nbs/03b_nets.ipynb #481447f8
 RESNETS = {'resnet18': ([2,2,2,2], False), 'resnet34': ([3,4,6,3], False), 'resnet50': ([3,4,6,3], True), 'resnet101': ([3,4,23,3], True)}
 
+# %% ../nbs/03b_nets.ipynb #4185f28f
 def resnet_body(
     arch:str='resnet34', # a key of `RESNETS`
     n_in:int=3,          # input channels
@@ -72,15 +75,18 @@ class Conv2dSame(nn.Conv2d):
             p = max((math.ceil(i/s) - 1)*s + k - i, 0); pads += [p//2, p - p//2]
         return super().forward(F.pad(x, pads))
 
+# %% ../nbs/03b_nets.ipynb #e0a438e1
 def _conv(ni:int, nf:int, k:int, stride:int=1, groups:int=1)->nn.Conv2d:
     "timm's `create_conv2d(..., padding='same')`: static symmetric padding when stride 1 allows it, `Conv2dSame` otherwise"
     return nn.Conv2d(ni, nf, k, stride, k//2, groups=groups, bias=False) if stride == 1 else Conv2dSame(ni, nf, k, stride, groups=groups, bias=False)
 
+# %% ../nbs/03b_nets.ipynb #4d649a14
 class BNAct(nn.BatchNorm2d):
     "timm's `BatchNormAct2d` (same tensor names as `BatchNorm2d`) with TensorFlow's ε and ReLU6, or no activation"
     def __init__(self, nf:int, act:bool=True): super().__init__(nf, eps=1e-3); self.act = act
     def forward(self, x): return F.relu6(super().forward(x)) if self.act else super().forward(x)
 
+# %% ../nbs/03b_nets.ipynb #d6a5958a
 class _IR(nn.Module):
     "timm's `DepthwiseSeparableConv` (`expand=1`) or `InvertedResidual`, with their attribute names"
     def __init__(self, ni:int, nf:int, k:int, stride:int, expand:int):
@@ -95,8 +101,10 @@ class _IR(nn.Module):
         else: y = self.bn2(self.conv_pw(self.bn1(self.conv_dw(x))))
         return x + y if self.skip else y
 
+# %% ../nbs/03b_nets.ipynb #810dbd2d
 LITE0_STAGES = [(1,3,1,1,16), (2,3,2,6,24), (2,5,2,6,40), (3,3,2,6,80), (3,5,1,6,112), (4,5,2,6,192), (1,3,1,6,320)]  # (repeats, kernel, stride, expansion, channels): timm's arch_def
 
+# %% ../nbs/03b_nets.ipynb #5fbbfd8c
 class Lite0(nn.Module):
     "timm's `tf_efficientnet_lite0` without its classifier: `forward` is its `forward_features`, (batch, n_in, h, w) → (batch, 1280, h/32, w/32)."
     def __init__(self, n_in:int=3):
@@ -109,6 +117,7 @@ class Lite0(nn.Module):
         self.conv_head,self.bn2 = _conv(320, 1280, 1),BNAct(1280)
     def forward(self, x): return self.bn2(self.conv_head(self.blocks(self.bn1(self.conv_stem(x)))))
 
+# %% ../nbs/03b_nets.ipynb #5923bc1a
 class _Wrap(nn.Module):
     "fastai's `TimmBody`: the timm network under `.model`"
     def __init__(self, model:nn.Module): super().__init__(); self.model = model
@@ -117,6 +126,7 @@ class _Wrap(nn.Module):
 # %% ../nbs/03b_nets.ipynb #cdc9bece
 LIGHT_ARCHS = (*RESNETS, 'tf_efficientnet_lite0')
 
+# %% ../nbs/03b_nets.ipynb #4014ebb2
 def light_model(
     arch:str,      # an architecture of `LIGHT_ARCHS`
     n_out:int,     # classes

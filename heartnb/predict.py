@@ -57,6 +57,7 @@ def _check_norm(mean, std, what):
     check_finite(dict(mean=list(mean), std=list(std)), what)
     if min(std) <= 0: raise NonFiniteError(f"{what}: a normalisation standard deviation is {min(std)}, not positive (inputs would be divided by it).")
 
+# %% ../nbs/05_predict.ipynb #23bd2947
 def export_model(
     learn:Learner, # trained learner (from `heart_learner`)
     fname,         # file to write, e.g. `model.pkl`
@@ -99,6 +100,7 @@ def _norm_stats(learn):
         if isinstance(t, Normalize): return t.mean.flatten().tolist(), t.std.flatten().tolist()
     return list(imagenet_stats[0]), list(imagenet_stats[1])
 
+# %% ../nbs/05_predict.ipynb #b33751dd
 def export_safe(
     learn:Learner,  # trained `vision_learner` (from `heart_learner`)
     fname,          # weights file to write, `*.safetensors`; the description goes to the same name with `.json`
@@ -209,6 +211,7 @@ def _check_safetensors(fname:Path):
                                "Ask for the model.safetensors + model.json pair that `heartnb train` writes, or, only if you "
                                "trust whoever made it, load the pickle with `load_model` (or `open_model(..., trust_pickle=True)`).")
 
+# %% ../nbs/05_predict.ipynb #0fbcdc3d
 def safe_pair(
     fname, # `*.safetensors`, its `.json`, or a run folder
 )->tuple:  # (`Path` of the .safetensors file, `Path` of its .json)
@@ -228,8 +231,11 @@ SAFE_ARCHS = ('resnet18', 'resnet34', 'resnet50', 'resnet101', 'efficientnet_b0'
 
 # %% ../nbs/05_predict.ipynb #b87b21db
 def _num(x)->bool: return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+# %% ../nbs/05_predict.ipynb #93b232e9
 def _int(x)->bool: return isinstance(x, int) and not isinstance(x, bool)
 
+# %% ../nbs/05_predict.ipynb #daa6b1c5
 def check_model_meta(
     meta:dict,   # the contents of a `model.json`
     where,       # its file, for messages
@@ -332,6 +338,7 @@ def _is_learner(x)->bool:
     "Is `x` a fastai `Learner`? (without importing fastai: if it is not imported, nothing can be one)"
     return 'fastai.learner' in sys.modules and isinstance(x, sys.modules['fastai.learner'].Learner)
 
+# %% ../nbs/05_predict.ipynb #3e2c9d11
 def as_predictor(
     model, # a `SafeModel`, an `Ensemble`, or a `Learner` (trained, or from `load_model`)
 )->'SafeModel|Ensemble':
@@ -366,10 +373,12 @@ def _predict_images(model, wavs:list, bs:int=16, tta:int=0)->tuple:
     nan = torch.full((len(model.vocab),), float('nan'))
     return torch.stack([p.mean(0) if len(p) else nan for p in probs.split([len(ims) for ims in imgs])]) if len(wavs) else torch.zeros(0, len(model.vocab)), errs
 
+# %% ../nbs/05_predict.ipynb #f19b571f
 def _predict(model, wavs:list, bs:int=16, tta:int=0)->tuple:
     "(probabilities (len(wavs), n_classes), NaN for a recording that failed; {index: the `AudioError`} of those): every predictor has `predict_files`."
     return as_predictor(model).predict_files(list(wavs), bs, tta)
 
+# %% ../nbs/05_predict.ipynb #9e48fb96
 def predict_probs(
     model,          # a `SafeModel`, `Ensemble` or `Learner` (from `load_model`)
     wavs:list,      # WAV files

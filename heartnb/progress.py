@@ -59,6 +59,7 @@ class LogProgressBar(ProgressBar):
 # %% ../nbs/00a_progress.ipynb #cde36bca
 _fp_master_bar,_fp_progress_bar = fp.master_bar,fp.progress_bar   # fastprogress's own: notebook bars in a notebook, console bars elsewhere
 
+# %% ../nbs/00a_progress.ipynb #88bf4d0e
 def show_progress(
     gen,               # the iterable
     total:int=None,    # its length (default: `len(gen)`)
@@ -88,6 +89,7 @@ def master_bar(gen, total=None, **kwargs):
     "fastprogress's `master_bar` (notebook or console) where someone watches (`interactive`); a `LogMasterBar` otherwise."
     return (_fp_master_bar if interactive() else LogMasterBar)(gen, total=total, **kwargs)
 
+# %% ../nbs/00a_progress.ipynb #ee5585b8
 def progress_bar(gen, total=None, parent=None, **kwargs):
     "A bar of the kind its `parent` master bar makes; without a parent, fastprogress's `progress_bar` where someone watches, a silent bar otherwise."
     if parent is not None: return getattr(parent, 'pcls', ProgressBar)(gen, total=total, parent=parent, **kwargs)

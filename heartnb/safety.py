@@ -23,9 +23,11 @@ LOCK = '.heartnb.lock'     # the lock file (filelock) held by the run writing th
 OWNER = '.heartnb.owner'   # who holds the lock: pid, host, command line, start time
 OWN_FILES = (MARK, LOCK, OWNER)
 
+# %% ../nbs/00b_safety.ipynb #f579c64e
 class FolderError(HeartnbError, ValueError):
     "An output folder heartnb may not write: an empty name, a file, someone else's files, another kind of folder, or another run's lock."
 
+# %% ../nbs/00b_safety.ipynb #98d3c595
 def out_path(
     out,               # the folder named by the user
     what:str='--out',  # how the user named it, for messages
@@ -34,6 +36,7 @@ def out_path(
     if out is None or not str(out).strip(): raise FolderError(f"{what} is an empty name: name the folder to write (it is created if it does not exist).")
     return Path(out)
 
+# %% ../nbs/00b_safety.ipynb #8ec25123
 def folder_kind(
     folder, # any folder
 )->str|None: # 'run', 'cv', 'spectrograms' (...) for a folder heartnb made, else None
@@ -48,6 +51,7 @@ def _write_small(fn:Path, text:str):
     tmp = fn.with_name(f'.{fn.name}.{os.getpid()}.tmp')
     tmp.write_text(text); os.replace(tmp, fn)
 
+# %% ../nbs/00b_safety.ipynb #8137adcd
 def _older_heartnb(out:Path, kind:str)->bool:
     "Was `out` written by a heartnb from before the mark files? (its own description of itself, in heartnb's format)"
     try: d = json.loads((out/('spec_config.json' if kind == 'spectrograms' else 'settings.json')).read_text())
@@ -55,6 +59,7 @@ def _older_heartnb(out:Path, kind:str)->bool:
     need = {'sr', 'n_fft', 'n_mels', 'size'} if kind == 'spectrograms' else {'data', 'seed', 'arch', 'epochs', 'freeze_epochs'}
     return isinstance(d, dict) and need <= set(d)
 
+# %% ../nbs/00b_safety.ipynb #263e8e4d
 def claim_folder(
     out,               # output folder: new, empty, or a heartnb folder of `kind`
     kind:str,          # 'run', 'cv', 'spectrograms'
@@ -86,14 +91,17 @@ def main_process()->bool:
     "Is this the main process (rank 0) of a distributed run, or a single process? fastai's `rank_distrib() == 0`, read from `RANK` without importing torch."
     return int(os.environ.get('RANK', 0)) == 0
 
+# %% ../nbs/00b_safety.ipynb #39decdf7
 _held = {}   # resolved folder → [FileLock, depth], the locks this process holds
 
+# %% ../nbs/00b_safety.ipynb #e153a5a5
 def _owner(folder:Path)->str:
     "Who holds `folder`'s lock, from its owner file"
     try: d = json.loads((folder/OWNER).read_text())
     except (OSError, ValueError): return "a heartnb process (no details recorded)"
     return f"process {d.get('pid')} on {d.get('host')}, started {d.get('started')}: {d.get('command')}"
 
+# %% ../nbs/00b_safety.ipynb #754a7cae
 @contextmanager
 def folder_lock(
     folder, # an existing folder
@@ -142,6 +150,7 @@ def writing(
         if created and out.is_dir() and {p.name for p in out.iterdir()} <= set(OWN_FILES): shutil.rmtree(out, ignore_errors=True)
         raise
 
+# %% ../nbs/00b_safety.ipynb #98435ab8
 def writes(
     kind:str,          # the kind of folder the function writes
     arg:str='out',     # the name of the function's argument that names the folder
@@ -161,6 +170,7 @@ def writes(
 class OptionError(HeartnbError, ValueError):
     "An option value outside its allowed range."
 
+# %% ../nbs/00b_safety.ipynb #ba31a5ed
 MAX_SECONDS = 600.        # longest recording heartnb reads, s (10 minutes; see `load_audio`)
 MIN_SECONDS = 0.5         # shortest usable recording, s (about half a heart cycle)
 
@@ -185,8 +195,10 @@ OPTION_RULES = dict(
     channels=(int, 1, 3, False, False, 'input channels'),
 )
 
+# %% ../nbs/00b_safety.ipynb #2bfade2f
 def _opt(name:str)->str: return '--' + name.replace('_', '-')
 
+# %% ../nbs/00b_safety.ipynb #e899bd60
 def _range(lo, hi, lo_open, hi_open)->str:
     if hi is None: return f"{'>' if lo_open else '>='} {lo}"
     return f"{'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
@@ -208,6 +220,7 @@ def check_option(
     if (v < lo or (lo_open and v == lo)) or (hi is not None and (v > hi or (hi_open and v == hi))): raise bad()
     return int(v) if typ is int else v
 
+# %% ../nbs/00b_safety.ipynb #c78a6617
 def check_options(**opts)->dict:
     """Check every option in `opts` (parameter names, as `OPTION_RULES`) and the rules between them; returns them
     checked. Raises `OptionError` naming the option, the value and the allowed range."""
@@ -222,17 +235,20 @@ def check_options(**opts)->dict:
 class DiskFullError(HeartnbError, RuntimeError):
     "A write failed because the disk (or the user's quota) is full."
 
+# %% ../nbs/00b_safety.ipynb #5ae0f7b2
 def disk_full(fn, e:OSError=None)->DiskFullError:
     "The `DiskFullError` for a failed write of `fn`."
     fn = Path(fn)
     return DiskFullError(f"no space left on device: could not write {fn.name} in {fn.parent.absolute()}. "
                          "Free some space on that disk, or write to a folder on another one.")
 
+# %% ../nbs/00b_safety.ipynb #b9a7b843
 def with_hints(e:Exception, **hints)->Exception:
     "`e` with command-line hints added: option name → advice, shown only by commands that have the option."
     e.cli_hints = {**getattr(e, 'cli_hints', {}), **hints}
     return e
 
+# %% ../nbs/00b_safety.ipynb #0dab638c
 def cli_error(
     e:BaseException,       # the exception a command raised
     options=(),            # the command's parameter names (for `cli_hints`)

@@ -43,12 +43,14 @@ class SpecConfig:
             raise ValueError(f"{self}: the mel bands need 0 <= fmin < fmax <= sr/2 (the Nyquist frequency)")
     def to_dict(self): return asdict(self)
 
+# %% ../nbs/01_spectrogram.ipynb #8d5f89f8
 PRESETS = {
     'heart': SpecConfig(),
     # librosa's defaults, as the seed notebooks used them: `librosa.load` at 22.05 kHz, n_fft 2048, hop 512, 128 mels to sr/2
     'seed': SpecConfig(sr=22050, n_fft=2048, hop_length=512, n_mels=128, fmin=0., fmax=11025., top_db=80.),
 }
 
+# %% ../nbs/01_spectrogram.ipynb #4cdf0ac7
 def spec_config(cfg='heart')->SpecConfig:
     "A `SpecConfig` from a preset name ('heart', 'seed'), a dict of fields, or a `SpecConfig`."
     if isinstance(cfg, SpecConfig): return cfg
@@ -60,6 +62,7 @@ def spec_config(cfg='heart')->SpecConfig:
 class AudioError(HeartnbError, ValueError):
     "A recording cannot be read as audio (missing, unreadable, empty, truncated, not a WAV, no samples, NaN/inf samples, corrupt or absurd header, too long)."
 
+# %% ../nbs/01_spectrogram.ipynb #eab642d8
 class UnusableRecording(AudioError):
     "A readable recording that carries no usable signal: shorter than `MIN_SECONDS`, or silent. Its message says 'unusable recording: <reason>'."
     def __init__(self, path, reason:str):
@@ -67,13 +70,16 @@ class UnusableRecording(AudioError):
         self.path,self.reason = str(path),reason
     def __reduce__(self): return (type(self), (self.path, self.reason))   # (worker processes send it back whole)
 
+# %% ../nbs/01_spectrogram.ipynb #0e54a804
 MIN_SR,MAX_SR = 500,384_000   # Hz: a header outside this range is corrupt (it would be resampled to hours, or to nothing)
 MAX_CHANNELS = 8              # channels: more in a header is taken as corruption
 MAX_SAMPLES = 2**27           # samples (all channels) read at once: 512 MB as float32, 10 min of 96 kHz stereo
 MIN_RMS = 1e-5                # RMS of the signal around its mean below which a recording is silent (-100 dB full scale)
 
+# %% ../nbs/01_spectrogram.ipynb #0bb68db4
 def _seconds(s:float)->str: return f"{s:.3g} s" if s < 120 else f"{s/60:.1f} min" if s < 7200 else f"{s/3600:.1f} h"
 
+# %% ../nbs/01_spectrogram.ipynb #934e147b
 def load_audio(
     path,               # a WAV (or other libsndfile format) file
     sr:int=4000,        # target sample rate, Hz; None keeps the file's own
@@ -128,6 +134,7 @@ def _hann(n:int)->np.ndarray:
     fac = np.linspace(-np.pi, np.pi, n+1)
     return (0.5 + 0.5*np.cos(fac))[:-1]
 
+# %% ../nbs/01_spectrogram.ipynb #1e32a91f
 def stft_power(
     y:np.ndarray,     # float32 waveform, shape (n_samples,)
     n_fft:int,        # FFT window, samples
@@ -143,18 +150,22 @@ def stft_power(
 _F_SP,_MIN_LOG_HZ = 200.0/3, 1000.0                       # Slaney's scale: 200/3 Hz per mel, logarithmic above 1 kHz
 _MIN_LOG_MEL,_LOGSTEP = _MIN_LOG_HZ/_F_SP, np.log(6.4)/27.0   # (the constants as librosa computes them)
 
+# %% ../nbs/01_spectrogram.ipynb #83d0a2c9
 def _hz_to_mel(f:np.ndarray)->np.ndarray:
     "Slaney's mel scale (librosa's default, `htk=False`): linear below 1 kHz, logarithmic above"
     f = np.asarray(f, dtype=np.float64)
     with np.errstate(divide='ignore'): return np.where(f >= _MIN_LOG_HZ, _MIN_LOG_MEL + np.log(f/_MIN_LOG_HZ)/_LOGSTEP, f/_F_SP)
 
+# %% ../nbs/01_spectrogram.ipynb #90ae9e82
 def _mel_to_hz(m:np.ndarray)->np.ndarray:
     "The inverse of `_hz_to_mel`"
     m = np.asarray(m, dtype=np.float64)
     return np.where(m >= _MIN_LOG_MEL, _MIN_LOG_HZ*np.exp(_LOGSTEP*(m - _MIN_LOG_MEL)), _F_SP*m)
 
+# %% ../nbs/01_spectrogram.ipynb #77e34ce8
 _AMIN = 1e-10  # power below which a signal counts as silence (librosa's `amin`)
 
+# %% ../nbs/01_spectrogram.ipynb #8e183d02
 @lru_cache(maxsize=16)
 def mel_basis(sr:int, n_fft:int, n_mels:int, fmin:float, fmax:float)->np.ndarray:
     """The Slaney mel filter bank, float32 of shape (n_mels, 1 + n_fft//2): triangles between `n_mels`+2 frequencies
@@ -220,6 +231,7 @@ def spec_image(
     if size: img = img.resize((size, size), Image.BILINEAR)
     return np.asarray(img)
 
+# %% ../nbs/01_spectrogram.ipynb #da4be16f
 def wav2image(
     path,             # a WAV file
     cfg='heart',      # a `SpecConfig` or preset name, see `spec_config`
@@ -234,6 +246,7 @@ def wav2image(
 class ConversionError(HeartnbError, RuntimeError):
     "One or more recordings could not be converted; see the message and `errors.csv`."
 
+# %% ../nbs/01_spectrogram.ipynb #be876b30
 def _umask()->int:
     "The process's umask (read from /proc where it can be, else set and restored)"
     try:
@@ -243,10 +256,12 @@ def _umask()->int:
     m = os.umask(0o022); os.umask(m)
     return m
 
+# %% ../nbs/01_spectrogram.ipynb #6c62e270
 def _is_disk_full(e:BaseException)->bool:
     "Is `e` a full disk or quota, whoever raised it (the OS, torch's or safetensors' writers)?"
     return getattr(e, 'errno', None) in (errno.ENOSPC, errno.EDQUOT) or 'No space left on device' in str(e)
 
+# %% ../nbs/01_spectrogram.ipynb #256fddfa
 def atomic_write(fn:Path, write):
     """Call `write(tmp_path)`, then rename the temporary file to `fn`: `fn` is either complete or untouched. The
     temporary file never outlives a failure. `fn` gets the permissions the umask asks for (as `open` would give it,
@@ -266,11 +281,13 @@ def atomic_write(fn:Path, write):
     finally:
         if tmp and os.path.exists(tmp): os.remove(tmp)
 
+# %% ../nbs/01_spectrogram.ipynb #83d703b9
 def _png_level(level)->int:
     "`level` if it is a zlib level (an integer from 0 to 9), else `ValueError`"
     if not (isinstance(level, (int, np.integer)) and 0 <= level <= 9): raise ValueError(f"the PNG (zlib) level must be an integer from 0 to 9, got {level!r}")
     return int(level)
 
+# %% ../nbs/01_spectrogram.ipynb #8864931b
 def png_bytes(
     img:np.ndarray, # uint8, shape (height, width)
     level:int=1,    # zlib level, 0-9: 0 stores the rows uncompressed (fastest; about 4x the bytes of 1)
@@ -282,16 +299,19 @@ def png_bytes(
     Image.fromarray(img).save(b, format='PNG', compress_level=_png_level(level))
     return b.getvalue()
 
+# %% ../nbs/01_spectrogram.ipynb #f13eb29b
 def save_png(img:np.ndarray, fn, level:int=1)->Path:
     "Save the uint8 image `img` (shape (height, width)) to `fn` as a grayscale PNG (`png_bytes` at zlib `level`), atomically (temporary file, then rename). Returns `fn`."
     fn,data = Path(fn),png_bytes(img, level)
     atomic_write(fn, lambda t: Path(t).write_bytes(data))
     return fn
 
+# %% ../nbs/01_spectrogram.ipynb #eb568e72
 def png_name(row)->str:
     "Relative path of the PNG for an index row: `<label>/<stem>.png` (unlabelled recordings in `unlabelled/`)."
     return f"{row['label'] or 'unlabelled'}/{Path(row['path']).stem}.png"
 
+# %% ../nbs/01_spectrogram.ipynb #4623194e
 def png_names(
     df:pd.DataFrame, # recordings, with `path` and `label`
 )->list:             # relative PNG path of each row, one per recording
@@ -302,7 +322,10 @@ def png_names(
     shared = names.map(paths.groupby(names).nunique()) > 1
     return [f"{n[:-4]}-{hashlib.sha256(p.encode()).hexdigest()[:8]}.png" if s else n for n,p,s in zip(names, paths, shared)]
 
+# %% ../nbs/01_spectrogram.ipynb #234f63cd
 _single_threaded = False
+
+# %% ../nbs/01_spectrogram.ipynb #70434a3d
 def _one_thread():
     "In a worker process, keep BLAS/OpenMP to one thread: n workers × n BLAS threads on n cores only contend"
     global _single_threaded
@@ -310,12 +333,15 @@ def _one_thread():
         from threadpoolctl import threadpool_limits
         threadpool_limits(1); _single_threaded = True
 
+# %% ../nbs/01_spectrogram.ipynb #4ac82db7
 CACHE = '.heartnb-cache.jsonl'   # one line per PNG written: its WAV (path, size, mtime), its settings key, its size and SHA-256
 
+# %% ../nbs/01_spectrogram.ipynb #03669c0a
 def _wav_id(wav:Path)->dict:
     st = wav.stat()
     return dict(wav=str(wav), wav_size=st.st_size, wav_mtime_ns=st.st_mtime_ns)
 
+# %% ../nbs/01_spectrogram.ipynb #82480f93
 def _up_to_date(rec:dict, wav:Path, png:Path, key:str)->bool:
     "Is `png` the one recorded in `rec`, made with the settings `key` from this very WAV, and unchanged since?"
     if not rec or rec.get('key') != key: return False
@@ -325,6 +351,7 @@ def _up_to_date(rec:dict, wav:Path, png:Path, key:str)->bool:
     except OSError: return False
     return len(b) == rec.get('png_size') and hashlib.sha256(b).hexdigest() == rec.get('png_sha256')
 
+# %% ../nbs/01_spectrogram.ipynb #0b532e3e
 def _journal(out:Path, rec:dict):
     "Append `rec` to the cache journal (one short `O_APPEND` write: whole lines even from several processes)"
     try:
@@ -335,6 +362,7 @@ def _journal(out:Path, rec:dict):
         if _is_disk_full(e): raise disk_full(out/CACHE) from None
         raise
 
+# %% ../nbs/01_spectrogram.ipynb #311813e8
 def _read_journal(out:Path)->dict:
     """The cache records of `out` by PNG, each kept as its JSON line (a third of the memory of a parsed dict): the last
     line for a PNG wins, a line cut short by a kill is ignored. Read line by line: a journal grown by killed runs is never held whole."""
@@ -347,13 +375,14 @@ def _read_journal(out:Path)->dict:
     except OSError: pass
     return recs
 
+# %% ../nbs/01_spectrogram.ipynb #cc31d137
 def _own_png(out:Path, rel:str)->Path|None:
     "`out/rel` if it is a PNG inside `out` (a journal line is never trusted to point elsewhere)"
     p = out/rel
     top = os.path.abspath(out)
     return p if rel.endswith('.png') and os.path.commonpath([top, os.path.abspath(p)]) == top else None
 
-
+# %% ../nbs/01_spectrogram.ipynb #69fd599a
 def _convert_one(item, out:Path=None, cfg:SpecConfig=None, size:int=512, force:bool=False, worker:bool=False, png_level:int=1, key:str=''):
     "Convert one (wav, png, cache record as its JSON line or None) triple; returns 'done', 'skipped' or the error message"
     wav,rel,rec = Path(item[0]), item[1], json.loads(item[2]) if item[2] else None
@@ -377,6 +406,7 @@ from concurrent.futures import ProcessPoolExecutor
 # %% ../nbs/01_spectrogram.ipynb #2694ae83
 def _apply(f, chunk:list)->list: return [f(o) for o in chunk]
 
+# %% ../nbs/01_spectrogram.ipynb #d4bb3721
 def _imap(
     f,                  # a function of one item (picklable, for the workers)
     items,              # an iterable, read only as fast as the workers take the items
@@ -404,6 +434,7 @@ def bad_files_message(paths, errors, n:int, what:str='cannot be used')->str:
     return (f"{len(paths)} of {n} recording(s) {what}: {', '.join(paths)}. The first: " + ' | '.join(errors[:3]) +
             ". Fix or remove them (or leave them out of the dataset's list).")
 
+# %% ../nbs/01_spectrogram.ipynb #95a1f29f
 def check_recordings(
     df:pd.DataFrame,    # recordings, with `path`
 )->pd.DataFrame:        # `df`, if every recording is usable
@@ -415,6 +446,7 @@ def check_recordings(
     if errs: raise ConversionError(bad_files_message(*zip(*errs), len(df)))
     return df
 
+# %% ../nbs/01_spectrogram.ipynb #8f36ef76
 @writes('spectrograms', what='the PNG folder')
 def spectrogram_images(
     df:pd.DataFrame,     # recordings, with columns `path` and `label` (e.g. from `index_dataset`)
@@ -464,6 +496,7 @@ def spectrogram_images(
     elif (out/'errors.csv').exists(): (out/'errors.csv').unlink()
     return man
 
+# %% ../nbs/01_spectrogram.ipynb #a2a900fe
 def load_manifest(
     out, # a folder written by `spectrogram_images`
 )->pd.DataFrame: # its manifest, with `png` made absolute

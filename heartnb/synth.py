@@ -20,6 +20,7 @@ def _burst(sr, dur, freq, rng):
     f = freq*rng.uniform(0.9, 1.1)
     return (np.sin(2*np.pi*f*t) + 0.5*np.sin(2*np.pi*2*f*t)) * np.hanning(n)
 
+# %% ../nbs/90_synth.ipynb #f641f1b5
 def _bandnoise(sr, dur, lo, hi, rng):
     "White noise of `dur` seconds band-limited to `lo`..`hi` Hz by FFT masking, unit peak, shape (n,)"
     n = max(int(sr*dur), 2)
@@ -29,6 +30,7 @@ def _bandnoise(sr, dur, lo, hi, rng):
     x = np.fft.irfft(spec, n)
     return x/(np.abs(x).max()+1e-9) * np.hanning(n)
 
+# %% ../nbs/90_synth.ipynb #01e9deb2
 def _add(y, x, start):
     "Add `x` into `y` from sample `start`, clipped to `y`'s length"
     if start >= len(y): return
@@ -38,6 +40,7 @@ def _add(y, x, start):
 # %% ../nbs/90_synth.ipynb #da7855be
 SYNTH_LABELS = {'b': ['normal', 'murmur', 'extrastole'], 'a': ['normal', 'murmur', 'extrahls', 'artifact']}
 
+# %% ../nbs/90_synth.ipynb #3e62dcaf
 def synth_pcg(
     label:str,            # one of 'normal', 'murmur', 'extrastole', 'extrahls', 'artifact'
     sr:int=4000,          # sample rate, Hz (set_b is recorded at 4 kHz, set_a at 44.1 kHz)
@@ -82,6 +85,7 @@ def _write_wav(path, y, sr):
     path.parent.mkdir(parents=True, exist_ok=True)
     sf.write(path, y, sr, subtype='PCM_16')
 
+# %% ../nbs/90_synth.ipynb #60917caa
 def make_synth_dataset(
     path,                     # folder to create, e.g. `data/synth`; receives `set_{subset}/` and `set_{subset}.csv`
     subset:str='b',           # 'b' (normal/murmur/extrastole, 4 kHz) or 'a' (normal/murmur/extrahls/artifact, 44.1 kHz)

@@ -48,6 +48,7 @@ class StopOnNonFinite(TerminateOnNaNCallback):
         raise with_hints(NonFiniteError(f"the training loss became {float(self.loss)} (epoch {self.epoch}, batch {self.iter}): the training diverged, "
                                         "and nothing was exported."), lr="Train again with a lower --lr.")
 
+# %% ../nbs/03_train.ipynb #5f949599
 def heart_learner(
     dls,                    # DataLoaders from `heart_dls` or `audio_dls`
     arch='resnet34',        # torchvision function or name, or timm name (`get_arch`)
@@ -124,6 +125,7 @@ def find_lr(learn:Learner, fname=None, num_it:int=100)->float:
         plt.close('all')
     return float(sug.valley)
 
+# %% ../nbs/03_train.ipynb #f3212ed9
 class RandomStates(Callback):
     """Beside the checkpoint fastai's `SaveModelCallback(every_epoch=True, with_opt=True)` writes after each epoch
     (`{stage}_{epoch}.pth`: weights and optimizer), save the rest of what a resumed run needs to repeat the
@@ -148,8 +150,10 @@ class RandomStates(Callback):
         for old in self.folder.glob('*.pth'):
             if old.stem != f'{self.stage}_{self.epoch}': old.unlink()
 
+# %% ../nbs/03_train.ipynb #18b75887
 def _undistributed_dl(dl): return dl.dl if isinstance(dl, DistributedDL) else dl
 
+# %% ../nbs/03_train.ipynb #fbd6c94b
 def restore_checkpoint(
     learn:Learner, # the learner of the interrupted run, rebuilt with the same settings
     folder,        # its checkpoint folder
@@ -173,6 +177,7 @@ def restore_checkpoint(
                            f"delete {folder} and train again without --resume.") from None
     return st
 
+# %% ../nbs/03_train.ipynb #deff5bfd
 def _history(folder:Path, stage:str)->pd.DataFrame:
     "`CSVLogger`'s rows of `stage`, each epoch once (a resumed fit repeats the header, and logs the epochs it skips after the real ones)"
     fn = folder/f'history_{stage}.csv'
@@ -181,6 +186,7 @@ def _history(folder:Path, stage:str)->pd.DataFrame:
     h = h[h.epoch != 'epoch'].drop_duplicates('epoch', keep='first').drop(columns='time', errors='ignore')
     return h.apply(pd.to_numeric, errors='coerce').assign(stage=stage)
 
+# %% ../nbs/03_train.ipynb #f249e00e
 def train_heart(
     learn:Learner,          # from `heart_learner`
     freeze_epochs:int=5,    # one-cycle epochs with the body frozen

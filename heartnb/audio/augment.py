@@ -25,6 +25,7 @@ class ItemAug(RandTransform):
         y = self._aug(samples=x.detach().cpu().numpy().astype(np.float32), sample_rate=x.sr)
         return AudioTensor(torch.from_numpy(np.ascontiguousarray(y, dtype=np.float32)), sr=x.sr)
 
+# %% ../../nbs/09_audio_augment.ipynb #46083946
 class Stretch(ItemAug):
     """Change the tempo (the heart rate) by a random factor in [`min_rate`, `max_rate`] without changing the pitch:
     audiomentations' `TimeStretch` (signalsmith-stretch); the length changes by 1/rate."""
@@ -34,6 +35,7 @@ class Stretch(ItemAug):
         from audiomentations import TimeStretch
         return TimeStretch(min_rate=self.min_rate, max_rate=self.max_rate, leave_length_unchanged=False, p=1.)
 
+# %% ../../nbs/09_audio_augment.ipynb #bd8f3759
 class PitchShift(ItemAug):
     "Shift every frequency by a random number of semitones in ±`semitones`, keeping the duration: audiomentations' `PitchShift`."
     def __init__(self, semitones:float=1., p:float=0.5): super().__init__(p); store_attr('semitones')
@@ -54,6 +56,7 @@ class BatchAug(RandTransform):
         "A random amount per example, shape (batch,), uniform in [lo, hi]"
         return lo + (hi-lo)*torch.rand(x.shape[0], device=x.device)
 
+# %% ../../nbs/09_audio_augment.ipynb #4fc4f759
 class AddNoise(BatchAug):
     """Add white Gaussian noise at a random signal-to-noise ratio in [`min_snr`, `max_snr`] dB: noise power = the
     example's mean power / 10^(SNR/10). A silent example stays silent."""
@@ -78,6 +81,7 @@ class TimeShift(BatchAug):
         idx = src.clamp(0, w-1)[:, None, None].expand_as(x)
         return torch.where(ok[:, None, None], x.gather(-1, idx), torch.full_like(x, self.fill))
 
+# %% ../../nbs/09_audio_augment.ipynb #f01f1bd9
 class _Mask(BatchAug):
     "A SpecAugment mask of random width in [0, `max_width`·axis length] at a random place along `axis`, set to `fill`"
     axis = -1
@@ -95,14 +99,17 @@ class _Mask(BatchAug):
         m = masked[:, None, :, None] if self.axis == -2 else masked[:, None, None, :]
         return torch.where(m, torch.full_like(x, self.fill), x)
 
+# %% ../../nbs/09_audio_augment.ipynb #8e5648f4
 class FreqMask(_Mask):
     "SpecAugment frequency masking (Park et al. 2019): `n_masks` bands of up to `max_width` of the mel bands set to `fill` (0: the floor)."
     order,axis = 21,-2
 
+# %% ../../nbs/09_audio_augment.ipynb #9d7d6f4a
 class TimeMask(_Mask):
     "SpecAugment time masking (Park et al. 2019): `n_masks` stretches of up to `max_width` of the frames set to `fill` (0: the floor)."
     order,axis = 22,-1
 
+# %% ../../nbs/09_audio_augment.ipynb #8d732526
 def audio_augs(
     stretch:float=0.1,     # tempo change ±, as a fraction (0: off)
     pitch:float=1.,        # pitch shift ±, semitones (0: off)

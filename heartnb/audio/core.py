@@ -69,6 +69,7 @@ class CropPad(RandTransform):
         if start < 0: start = random.randint(0, max(0, x.shape[-1]-n)) if self.train else None
         return crop_pad(x, n, start)
 
+# %% ../../nbs/08a_audio_core.ipynb #8e8667fd
 def AudioBlock(
     sr:int=4000,          # sample rate every recording is resampled to, Hz
     duration:float=5.,    # fixed duration of every example, s (see `CropPad`)
@@ -86,10 +87,12 @@ class AudioToSpec(Transform):
 # %% ../../nbs/08a_audio_core.ipynb #fb49eb99
 GREY_STATS = ([float(np.mean(imagenet_stats[0]))], [float(np.mean(imagenet_stats[1]))])
 
+# %% ../../nbs/08a_audio_core.ipynb #5d77ff29
 def audio_stats(channels:int=1)->tuple:
     "The (mean, std) lists `Normalize` uses for spectrogram images of `channels` channels: ImageNet's, or their means for 1 channel."
     return imagenet_stats if channels == 3 else GREY_STATS
 
+# %% ../../nbs/08a_audio_core.ipynb #2ee197e7
 def clip_items(
     df:pd.DataFrame,       # recordings: `path`, `label`, `duration` (s, from `index_dataset`)
     sr:int=4000,           # sample rate the recordings are read at, Hz
@@ -105,10 +108,12 @@ def clip_items(
         rows += [dict(r, start=s, is_valid=bool(v)) for s in starts]
     return pd.DataFrame(rows, columns=[*df.columns, 'start', 'is_valid'])
 
+# %% ../../nbs/08a_audio_core.ipynb #a18ea7a0
 def clip_or_file(r:object):  # (any item: `learn.predict` passes a file name, a `str` or a `Path`)
     "`get_x` of `audio_dblock`: a clip item's (`path`, `start`), or a file name given as is (a recording to predict: its centred clip)."
     return [str(r), -1] if isinstance(r, (str, Path)) else [r['path'], r['start']]   # (a list: fastai maps transforms over tuples)
 
+# %% ../../nbs/08a_audio_core.ipynb #d6477929
 def audio_dblock(
     cfg='heart',           # spectrogram settings (`SpecConfig` or preset name); recordings are resampled to `cfg.sr`
     duration:float=5.,     # seconds of audio per example (`CropPad`)
@@ -126,6 +131,7 @@ def audio_dblock(
                      item_tfms=item_tfms,
                      batch_tfms=[AudioToSpec(cfg, size, channels), *(batch_tfms or []), Normalize.from_stats(*audio_stats(channels))])
 
+# %% ../../nbs/08a_audio_core.ipynb #b8923d06
 def audio_dls(
     df:pd.DataFrame,       # recordings: `path`, `label`, `patient` (from `index_dataset`)
     cfg='heart',           # spectrogram settings
