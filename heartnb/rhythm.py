@@ -484,7 +484,11 @@ def load_stack(
     from heartnb.predict import open_model
     path = Path(path)
     fn = path if path.suffix == '.json' else path/STACK_FILE
-    try: s = json.loads(fn.read_text()); runs = [fn.parent/c for c in s['cnn']]; s['classes']
+    try:
+        s = json.loads(fn.read_text())
+        missing = [k for k in ('cnn', 'classes') if k not in s]
+        if missing: raise ValueError(f"it has no {' and no '.join(missing)}")
+        runs = [fn.parent/c for c in s['cnn']]
     except (OSError, ValueError, KeyError, TypeError) as e: raise HeartnbError(f"{fn}: not a heartnb rhythm stack or ensemble ({e}): make one with `heartnb stack` or `heartnb ensemble`.") from None
     for r in runs:
         if not r.is_dir(): raise HeartnbError(f"{fn} uses the cross-validation run {r}, which is not there: keep the stack and its `heartnb cv` folders where they were, or run `heartnb stack` (or `heartnb ensemble`) again.")
