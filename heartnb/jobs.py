@@ -28,6 +28,7 @@ def recipe(
     input:Annotated[str, "'png': write spectrogram PNGs, train on them (the seed's pipeline); 'audio': read the WAVs, spectrograms per batch", dict(choices=['png','audio'])]='png',
     preset:Annotated[str, "spectrogram settings", dict(choices=['heart','seed'])]='heart',
     size:int=512,              # image side, pixels
+    width:int=None,            # --input audio: image width (the time axis), pixels, for a SIZE × WIDTH image (default: square)
     duration:float=5.,         # --input audio: seconds of audio per example (random crops in training; a recording's clips averaged otherwise)
     channels:Annotated[int, "--input audio: 1 (first convolution adapted) or 3 (RGB repeat)", dict(choices=[1,3])]=1,
     augment:bool=False,        # --input audio: augment training batches (tempo, pitch, noise, time shift, SpecAugment masks)
@@ -52,8 +53,8 @@ def recipe(
     check_options(**{k: v for k,v in r.items() if k in OPTION_RULES or k == 'split'})   # every option within its range
     if r['balance'] == 'none': r['balance'] = None
     if input not in ('png', 'audio'): raise HeartnbError(f"input must be 'png' or 'audio', not {input!r}")
-    if input == 'png' and (duration, channels, augment) != (5., 1, False):
-        raise HeartnbError("--duration, --channels and --augment apply to --input audio; the PNG path uses whole recordings")
+    if input == 'png' and (duration, channels, augment, width) != (5., 1, False, None):
+        raise HeartnbError("--duration, --channels, --augment and --width apply to --input audio; the PNG path uses whole recordings in square images")
     if channels not in (1, 3): raise HeartnbError(f"channels must be 1 or 3, not {channels}")
     if not duration or duration <= 0: raise HeartnbError(f"duration must be a positive number of seconds, not {duration}")
     return r
@@ -136,7 +137,8 @@ def fit_recipe(
     if audio:                          # recordings in, spectrograms computed per batch
         from heartnb.audio.core import audio_dls
         from heartnb.audio.augment import audio_augs
-        dls = audio_dls(items, r['preset'], r['duration'], r['size'], r['channels'], r['split'], r['valid_pct'], r['seed'], r['bs'],
+        size = (r['size'], r['width']) if r.get('width') else r['size']   # (height, width), or a square
+        dls = audio_dls(items, r['preset'], r['duration'], size, r['channels'], r['split'], r['valid_pct'], r['seed'], r['bs'],
                         augment=audio_augs() if r['augment'] else None, balance=r['balance'], splitter=splitter)
     else: dls = heart_dls(items, r['split'], r['valid_pct'], r['seed'], r['size'], r['bs'], balance=r['balance'], splitter=splitter, cfg=r['preset'])
     learn = heart_learner(dls, r['arch'], pretrained=r['pretrained'], weights=r['weights'], path=out, balance=r['balance'],
@@ -205,7 +207,7 @@ def train_job(
         times['total'] = time.time()-t0
         vitems = learn.dls.valid_ds.items
         metrics = dict(rep, n_train=int(learn.dls.train_ds.items.path.nunique()), n_valid=int(vitems.path.nunique()), n_recordings=len(df),
-                       **{k: r[k] for k in ('dataset','subset','split','valid_pct','seed','size','bs','include_noisy','limit','balance','lr_mult','input')},
+                       **{k: r[k] for k in ('dataset','subset','split','valid_pct','seed','size','width','bs','include_noisy','limit','balance','lr_mult','input')},
                        arch=str(r['arch']), epochs=dict(frozen=r['freeze_epochs'], unfrozen=r['epochs']), lrs=res['lrs'],
                        pretrained=learn.heartnb_pretrained, spectrogram=dict(spec_config(r['preset']).to_dict(), preset=str(r['preset'])),
                        audio=dict({k: r[k] for k in ('duration','channels','augment')}, n_valid_clips=len(vitems),

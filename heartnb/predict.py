@@ -241,7 +241,7 @@ def check_model_meta(
     where,       # its file, for messages
 )->dict:         # `meta`, if it describes a model heartnb will build
     """Bound what a `model.json` can make the safe loader do: an architecture from `SAFE_ARCHS`, 2 to 1000 classes,
-    1 or 3 input channels, images of 16 to 1024 pixels, spectrograms at 500 Hz to 48 kHz with FFTs of 16 to 8192
+    1 or 3 input channels, images of 16 to 1024 pixels a side (a [height, width] pair for audio models), spectrograms at 500 Hz to 48 kHz with FFTs of 16 to 8192
     samples, hops of at least 1 ms, 1 to 512 mel bands, clips of 0.5 to 60 s, finite normalisation
     statistics with positive standard deviations. Raises `HeartnbError` naming the field."""
     def need(ok, field, allowed):
@@ -255,7 +255,8 @@ def check_model_meta(
     need(isinstance(cl, list) and 2 <= len(cl) <= 1000 and all(isinstance(c, str) and 0 < len(c) <= 100 for c in cl) and len(set(cl)) == len(cl),
          'classes', '2 to 1000 different names')
     need(meta.get('n_in') in (1, 3) and _int(meta.get('n_in')), 'n_in', '1 or 3')
-    need(_int(meta.get('size')) and 16 <= meta['size'] <= 1024, 'size', '16 to 1024 pixels')
+    sz = meta.get('size'); hw = sz if isinstance(sz, list) and len(sz) == 2 and meta.get('input') == 'audio' else [sz]   # a side, or (height, width) for audio
+    need(all(_int(v) and 16 <= v <= 1024 for v in hw), 'size', '16 to 1024 pixels, or a [height, width] pair of them for an audio model')
     sp = meta.get('spectrogram')
     need(isinstance(sp, dict), 'spectrogram', 'the spectrogram settings')
     need(_int(sp.get('sr')) and 500 <= sp['sr'] <= 48000, 'spectrogram.sr', '500 to 48000 Hz')

@@ -177,6 +177,7 @@ MIN_SECONDS = 0.5         # shortest usable recording, s (about half a heart cyc
 # option: (type, low, high, low_open, high_open, why); None: no bound
 OPTION_RULES = dict(
     size=(int, 16, 2048, False, False, 'image side, pixels'),
+    width=(int, 16, 2048, False, False, 'image width, pixels'),
     bs=(int, 1, 4096, False, False, 'batch size'),
     valid_pct=(float, 0, 1, True, True, 'validation share'),
     test_pct=(float, 0, 0.5, False, False, 'held-out share (0: none)'),

@@ -64,17 +64,18 @@ class MelSpecDB(torch.nn.Module):
 
 # %% ../../nbs/08_audio_front.ipynb #4ef80e79
 class MelSpecImage(torch.nn.Module):
-    """Waveforms (batch, n_samples) at `cfg.sr` → spectrogram images (batch, channels, size, size) (or (batch,
-    channels, n_mels, frames) when `size` is None), float32 in [0, 1]: `MelSpecDB` scaled as the PNG pipeline's
+    """Waveforms (batch, n_samples) at `cfg.sr` → spectrogram images (batch, channels, size, size), (batch, channels,
+    height, width) when `size` is a (height, width) pair, or (batch, channels, n_mels, frames) when `size` is None, float32 in [0, 1]: `MelSpecDB` scaled as the PNG pipeline's
     pixels/255 (0 = `-top_db`, 1 = each example's peak), low frequencies in the last rows, resized bilinearly with
     antialiasing (as PIL's resize), repeated to `channels` (1 or 3). Raises `ValueError` for
     other `channels`."""
-    def __init__(self, cfg='heart', size:int=None, channels:int=1):
+    def __init__(self, cfg='heart', size:int|tuple=None, channels:int=1):
         super().__init__()
         if channels not in (1, 3): raise ValueError(f"channels must be 1 (first convolution adapted) or 3 (RGB repeat), not {channels}")
         self.melspec,self.size,self.channels = MelSpecDB(cfg),size,channels
+        self.hw = None if not size else (size, size) if isinstance(size, int) else tuple(map(int, size))   # (height, width), pixels
     def forward(self, y:torch.Tensor)->torch.Tensor:
         top = self.melspec.cfg.top_db
         x = ((self.melspec(y) + top)/top).flip(-2)
-        if self.size: x = F.interpolate(x, size=(self.size, self.size), mode='bilinear', antialias=True, align_corners=False)
+        if self.hw: x = F.interpolate(x, size=self.hw, mode='bilinear', antialias=True, align_corners=False)
         return x.clamp(0, 1).expand(-1, self.channels, -1, -1)
