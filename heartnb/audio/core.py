@@ -81,7 +81,7 @@ def AudioBlock(
 class AudioToSpec(Transform):
     "Batch transform: an `AudioTensor` batch → a `TensorImage` batch of spectrogram images (`MelSpecImage`), on the batch's device."
     order = 10   # after waveform augmentations (order < 10), before spectrogram ones (order > 10) and `Normalize`
-    def __init__(self, cfg='heart', size:int=None, channels:int=1): self.front = MelSpecImage(cfg, size, channels)
+    def __init__(self, cfg='heart', size:int|tuple=None, channels:int=1): self.front = MelSpecImage(cfg, size, channels)
     def encodes(self, x:AudioTensor)->TensorImage: return TensorImage(self.front(x))
 
 # %% ../../nbs/08a_audio_core.ipynb #fb49eb99
@@ -117,7 +117,7 @@ def clip_or_file(r:object):  # (any item: `learn.predict` passes a file name, a 
 def audio_dblock(
     cfg='heart',           # spectrogram settings (`SpecConfig` or preset name); recordings are resampled to `cfg.sr`
     duration:float=5.,     # seconds of audio per example (`CropPad`)
-    size:int=None,         # side of the square spectrogram image, pixels (None: native n_mels × frames)
+    size:int|tuple=None,   # side of the square spectrogram image, or its (height, width), pixels (None: native n_mels × frames)
     channels:int=1,        # 1 (first convolution adapted) or 3 (RGB repeat)
     vocab:list=None,       # class order (default: sorted labels)
     item_tfms:list=None,   # extra item transforms, e.g. waveform-length augmentations (`heartnb.audio.augment`)
@@ -136,7 +136,7 @@ def audio_dls(
     df:pd.DataFrame,       # recordings: `path`, `label`, `patient` (from `index_dataset`)
     cfg='heart',           # spectrogram settings
     duration:float=5.,     # seconds per example
-    size:int=None,         # image side, pixels (None: native)
+    size:int|tuple=None,   # image side, or (height, width), pixels (None: native)
     channels:int=1,        # 1 or 3
     split:str='random',    # 'random' or 'patient'
     valid_pct:float=0.3,   # validation share
