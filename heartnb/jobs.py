@@ -226,6 +226,7 @@ def cv_job(
     split:Annotated[str, "'patient': a patient's recordings in one fold; 'random': recordings independently", dict(choices=['patient','random'])]='patient',
     test_pct:float=0,          # hold out this share (patient-disjoint) to score the fold models and their ensemble (0: none)
     tta:int=0,                 # test-time augmentation passes for the held-out test set
+    fold_seed:int=None,        # seed of the sample, test set and folds (default: `seed`); set it to train other draws (`seed`) on the same folds
     progress:bool=True,        # progress bars
     **kwargs,                  # the recipe's options (`recipe`)
 )->dict:                       # the contents of `cv.json` (None in the other processes of a distributed run)
@@ -242,17 +243,18 @@ def cv_job(
     t0,out,main = time.time(),Path(out),not rank_distrib()
     r = dict(recipe(**kwargs), split=split, valid_pct=1/k)
     data = rank0_first(_preflight, r)
-    settings = dict(_settings(r, data), k=k, test_pct=test_pct, tta=tta)
+    fseed = r['seed'] if fold_seed is None else fold_seed
+    settings = dict(_settings(r, data), k=k, test_pct=test_pct, tta=tta, **(dict(fold_seed=fold_seed) if fold_seed is not None else {}))
     del settings['valid_pct']
     sfn = out/'settings.json'
     if sfn.exists(): _check_settings(sfn, settings, out)
     if main:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write(sfn, lambda t: Path(t).write_text(json.dumps(settings, indent=2)))
-    df = stratified_sample(index_dataset(data, r['subset'], include_noisy=r['include_noisy'], dataset=r['dataset']), r['limit'], r['seed'])
+    df = stratified_sample(index_dataset(data, r['subset'], include_noisy=r['include_noisy'], dataset=r['dataset']), r['limit'], fseed)
     test = None
-    if test_pct: df,test = holdout_split(df, test_pct, split, r['seed'])
-    fold_of = dict(zip(df.path, cv_folds(df, k, split, r['seed'])))
+    if test_pct: df,test = holdout_split(df, test_pct, split, fseed)
+    fold_of = dict(zip(df.path, cv_folds(df, k, split, fseed)))
     items = prepare_items(df, r, r['png'] or out/'spectrograms', progress)
     ifold = items.path.map(fold_of).to_numpy()
     done = [(out/f'fold{i}'/'metrics.json').exists() and (out/f'fold{i}'/'model.safetensors').exists() for i in range(k)]  # by an earlier, interrupted run
