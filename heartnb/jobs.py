@@ -244,7 +244,7 @@ def cv_job(
     r = dict(recipe(**kwargs), split=split, valid_pct=1/k)
     data = rank0_first(_preflight, r)
     fseed = r['seed'] if fold_seed is None else fold_seed
-    settings = dict(_settings(r, data), k=k, test_pct=test_pct, tta=tta, **(dict(fold_seed=fold_seed) if fold_seed is not None else {}))
+    settings = dict(_settings(r, data), k=k, test_pct=test_pct, tta=tta, fold_seed=fold_seed)   # (an older folder's settings.json lacks fold_seed: the same as None)
     del settings['valid_pct']
     sfn = out/'settings.json'
     if sfn.exists(): _check_settings(sfn, settings, out)
