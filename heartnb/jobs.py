@@ -38,6 +38,7 @@ def recipe(
     valid_pct:float=0.3,       # validation share
     seed:int=42,               # random seed (sample, split, training)
     balance:Annotated[str, "class imbalance: 'weights' (class-weighted loss) or 'oversample' (minority classes drawn more often)", dict(choices=['none','weights','oversample'])]=None,
+    mixup:float=None,          # mixup's alpha: train on pairs of examples and their labels mixed in Beta(alpha, alpha) proportions (Zhang et al. 2018; fastai's `MixUp`; 0.4 is its default) (default: off)
     arch:str='resnet34',       # torchvision or timm architecture (e.g. resnet34, tf_efficientnet_lite0)
     pretrained:bool=True,      # start from ImageNet weights (--no-pretrained: random init)
     weights:str=None,          # start the body from an earlier heartnb model (run folder or model.safetensors) or a torchvision .pth
@@ -128,7 +129,7 @@ def fit_recipe(
     resume:bool=False,  # go on from the last checkpoint
 )->tuple:               # (learner, `train_heart`'s result)
     "The middle stages: seed → DataLoaders (`heart_dls` or `audio_dls`) → `heart_learner` → `train_heart`."
-    from fastai.vision.all import set_seed, ProgressCallback, noop
+    from fastai.vision.all import set_seed, ProgressCallback, noop, MixUp
     from heartnb.dataloaders import heart_dls
     from heartnb.train import heart_learner, train_heart, distrib_setup
     distrib_setup()                    # under `accelerate launch`: this process's GPU, before the DataLoaders pick a device
@@ -145,7 +146,7 @@ def fit_recipe(
                           n_in=r['channels'] if audio else 3)
     if not progress: learn.remove_cb(ProgressCallback); learn.logger = noop   # no bars, and no raw epoch lists (history.csv has them)
     res = train_heart(learn, r['freeze_epochs'], r['epochs'], r['lr'], r['lr_mult'], out=out, num_it=r['num_it'],
-                      checkpoints=checkpoints, resume=resume)
+                      checkpoints=checkpoints, resume=resume, cbs=MixUp(r['mixup']) if r.get('mixup') else None)
     return learn, res
 
 # %% ../nbs/06_jobs.ipynb #1e473b81
@@ -207,7 +208,7 @@ def train_job(
         times['total'] = time.time()-t0
         vitems = learn.dls.valid_ds.items
         metrics = dict(rep, n_train=int(learn.dls.train_ds.items.path.nunique()), n_valid=int(vitems.path.nunique()), n_recordings=len(df),
-                       **{k: r[k] for k in ('dataset','subset','split','valid_pct','seed','size','width','bs','include_noisy','limit','balance','lr_mult','input')},
+                       **{k: r[k] for k in ('dataset','subset','split','valid_pct','seed','size','width','bs','include_noisy','limit','balance','mixup','lr_mult','input')},
                        arch=str(r['arch']), epochs=dict(frozen=r['freeze_epochs'], unfrozen=r['epochs']), lrs=res['lrs'],
                        pretrained=learn.heartnb_pretrained, spectrogram=dict(spec_config(r['preset']).to_dict(), preset=str(r['preset'])),
                        audio=dict({k: r[k] for k in ('duration','channels','augment')}, n_valid_clips=len(vitems),

@@ -186,6 +186,7 @@ OPTION_RULES = dict(
     epochs=(int, 0, 1000, False, False, 'epochs'),
     lr=(float, 0, 10, True, False, 'learning rate'),
     lr_mult=(float, 1, 1e6, False, False, 'ratio of the top learning rate to the first layers\' one'),
+    mixup=(float, 0, 100, False, False, 'mixup alpha (0: off)'),
     limit=(int, 2, None, False, False, 'number of recordings'),
     workers=(int, 0, 256, False, False, 'worker processes'),
     num_it=(int, 1, 10000, False, False, 'lr_find iterations'),
