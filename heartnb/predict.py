@@ -226,8 +226,8 @@ def safe_pair(
     return fname, meta_fn
 
 # %% ../nbs/05_predict.ipynb #7b85de38
-SAFE_ARCHS = ('resnet18', 'resnet34', 'resnet50', 'resnet101', 'efficientnet_b0', 'tf_efficientnet_lite0', 'convnext_atto',
-              'mobilenetv3_large_100')   # the architectures the safe loader builds (torchvision's, then timm's)
+SAFE_ARCHS = ('resnet18', 'resnet34', 'resnet50', 'resnet101', 'efficientnet_b0', 'tf_efficientnet_lite0', 'tf_efficientnet_lite1',
+              'tf_efficientnet_lite2', 'convnext_atto', 'mobilenetv3_large_100')   # the architectures the safe loader builds (torchvision's, then timm's)
 
 # %% ../nbs/05_predict.ipynb #b87b21db
 def _num(x)->bool: return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
