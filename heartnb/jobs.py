@@ -8,7 +8,7 @@ Docs: https://heartnb.github.io/heartnb/jobs.html.md"""
 __all__ = ['recipe', 'stratified_sample', 'prepare_items', 'fit_recipe', 'train_job', 'cv_job']
 
 # %% ../nbs/06_jobs.ipynb #f44a59f8
-import json, shutil, time, platform
+import json, shutil, time, platform, warnings
 from pathlib import Path
 from typing import Annotated
 from fastcore.meta import delegates
@@ -85,9 +85,13 @@ def _check_settings(sfn:Path, settings:dict, out:Path):
 # %% ../nbs/06_jobs.ipynb #37155f12
 def _preflight(r:dict)->Path:
     "Fail fast, before any long work: the data, the architecture, the weights"
-    from heartnb.backbones import get_arch, imagenet_weights
+    from heartnb.backbones import get_arch, imagenet_weights, arch_name
     data = data_path(r['data'])
     get_arch(r['arch'])
+    from heartnb.predict import SAFE_ARCHS
+    if arch_name(r['arch']) not in SAFE_ARCHS:
+        warnings.warn(f"--arch {arch_name(r['arch'])}: its models load from model.pkl (pickle) only, not from model.safetensors, which the safe "
+                      f"loader builds for {', '.join(SAFE_ARCHS)}; `heartnb cv` keeps its fold models as safetensors alone, so they will not load.")
     w = r['weights']
     if w and not Path(w).exists(): raise HeartnbError(f"--weights {w} not found: pass a heartnb run folder, its model.safetensors, or a torchvision .pth checkpoint.")
     if r['pretrained'] and not w: imagenet_weights(r['arch'])

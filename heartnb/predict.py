@@ -250,7 +250,10 @@ def check_model_meta(
         v = meta
         for k in field.split('.'): v = v.get(k) if isinstance(v, dict) else None
         return v
-    need(meta.get('arch') in SAFE_ARCHS, 'arch', f"one of {', '.join(SAFE_ARCHS)}")
+    if meta.get('arch') not in SAFE_ARCHS:
+        raise HeartnbError(f"{where}: arch {meta.get('arch')!r} is not accepted (the safe loader builds {', '.join(SAFE_ARCHS)}). A model you "
+                           "trained with another --arch loads from its model.pkl (--trust-pickle, trust_pickle=True: only for files you made); "
+                           "otherwise the file is damaged or was edited.")
     cl = meta.get('classes')
     need(isinstance(cl, list) and 2 <= len(cl) <= 1000 and all(isinstance(c, str) and 0 < len(c) <= 100 for c in cl) and len(set(cl)) == len(cl),
          'classes', '2 to 1000 different names')
