@@ -49,6 +49,22 @@ def test_notebooks_keep_their_figures_and_stay_small():
         outs = [o for c in json.loads(nb.read_text())['cells'] for o in c.get('outputs', [])]
         assert not any('\r' in ''.join(o.get('text', '')) for o in outs), f"{nb.name}: progress bars saved"
 
+def test_readme_names_what_the_code_accepts():
+    "The README's lists follow the code: every architecture the safe loader builds, and an install extra per packaged ImageNet weights."
+    from heartnb.predict import SAFE_ARCHS
+    from heartnb.backbones import LITE_PACKAGES
+    import tomllib
+    readme = re.sub(r'\s+', ' ', (ROOT/'README.md').read_text(encoding='utf-8'))
+    safe = readme[readme.index('heartnb.predict.SAFE_ARCHS'):][:400]    # the sentence that lists them
+    for a in SAFE_ARCHS:
+        short = re.sub(r'^resnet(\d+)$', r'\1', a)               # resnet18/34/50/101 is written once
+        assert short in safe, f"README: the safe loader's list lacks {a} (heartnb.predict.SAFE_ARCHS): edit nbs/index.ipynb"
+    extras = tomllib.loads((ROOT/'pyproject.toml').read_text())['project']['optional-dependencies']
+    for arch,pkg in LITE_PACKAGES.items():
+        name = f"lite{arch[-1]}"
+        assert any(pkg in d for d in extras.get(name, [])), f"pyproject.toml: no extra {name!r} installs {pkg}"
+        assert f'heartnb[{name}]' in readme, f"README: how to install {pkg} is not said"
+
 def api_names(name) -> list:
     "The public functions and classes of the module the notebook `name` exports (its `default_exp`), [] if none."
     src = '\n'.join(''.join(c['source']) for c in nb_json(name)['cells'] if c['cell_type'] == 'code')
