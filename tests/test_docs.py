@@ -52,7 +52,7 @@ def test_notebooks_keep_their_figures_and_stay_small():
 def test_readme_names_what_the_code_accepts():
     "The README's lists follow the code: every architecture the safe loader builds, and an install extra per packaged ImageNet weights."
     from heartnb.predict import SAFE_ARCHS
-    from heartnb.backbones import LITE_PACKAGES
+    from heartnb.backbones import LITE_PACKAGES, _lite_install
     readme = re.sub(r'\s+', ' ', (ROOT/'README.md').read_text(encoding='utf-8'))
     safe = readme[readme.index('heartnb.predict.SAFE_ARCHS'):][:400]    # the sentence that lists them
     for a in SAFE_ARCHS:
@@ -62,7 +62,7 @@ def test_readme_names_what_the_code_accepts():
     except ImportError: pytest.skip("the extras are read with tomllib (Python 3.11+); the README's list was checked")
     extras = tomllib.loads((ROOT/'pyproject.toml').read_text())['project']['optional-dependencies']
     for arch,pkg in LITE_PACKAGES.items():
-        name = f"lite{arch[-1]}"
+        name = _lite_install(arch)[1]
         assert any(pkg in d for d in extras.get(name, [])), f"pyproject.toml: no extra {name!r} installs {pkg}"
         assert f'heartnb[{name}]' in readme, f"README: how to install {pkg} is not said"
 
