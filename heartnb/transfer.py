@@ -12,7 +12,8 @@ import numpy as np, pandas as pd
 from .spectrogram import atomic_write
 
 # %% auto #0
-__all__ = ['weights_label', 'mean_std', 'cv_table', 'plot_cv_table', 'cv_summary', 'noisy_check']
+__all__ = ['weights_label', 'mean_std', 'cv_table', 'plot_cv_table', 'cv_summary', 'learning_curve', 'plot_learning_curve',
+           'noisy_check']
 
 # %% ../nbs/11_transfer.ipynb #edd4390b
 def weights_label(
@@ -110,6 +111,45 @@ def cv_summary(
     r['settings'] = {k: Path(v).name if k in ('data', 'weights', 'png') and v else v for k,v in r['settings'].items()}
     atomic_write(dst/'cv.json', lambda t: Path(t).write_text(json.dumps(r, indent=1)))   # complete or absent
     return dst/'cv.json'
+
+# %% ../nbs/11_transfer.ipynb #fcc69384
+def learning_curve(
+    draws:list,           # `heartnb cv` folders or `cv_summary` folders of one recipe on the same folds, with various `train_frac`
+    ensembles:dict=None,  # {share: the `heartnb ensemble` folder (or its stack.json) of that share's draws}, optional
+)->pd.DataFrame:          # one row per share (1.0: all), in order: share, train recordings (per fold, mean), draws, then each metric of the draws (mean of their fold means) and, where given, of their ensemble
+    "The scores of one recipe against the number of training recordings, from runs made with `cv_job(train_frac=...)`; runs with no finished fold are left out."
+    by = {}
+    for d in draws:
+        if (r := _read_cv(d)) is not None: by.setdefault(r['settings'].get('train_frac') or 1., []).append(r)
+    out = []
+    for share,rs in sorted(by.items()):
+        classes = rs[0]['folds'][0]['classes']
+        keys = ['accuracy', 'balanced_accuracy', 'macro_f1', *[f'recall/{c}' for c in classes]]
+        row = {'share': share, 'train recordings': float(np.mean([f['n_train'] for f in rs[0]['folds']])), 'draws': len(rs),
+               **{f'{k} (draws)': float(np.mean([r['summary'][k]['mean'] for r in rs])) for k in keys}}
+        if (e := (ensembles or {}).get(share)) is not None:
+            e = Path(e); e = e/'stack.json' if e.is_dir() else e
+            row.update({f'{k} (ensemble)': json.loads(e.read_text())['cv']['cnn'][k]['mean'] for k in keys})
+        out.append(row)
+    return pd.DataFrame(out)
+
+# %% ../nbs/11_transfer.ipynb #b8ef9d53
+def plot_learning_curve(
+    t:pd.DataFrame,     # from `learning_curve`
+    targets:dict=None,  # {metric: target}, drawn as dashed lines, e.g. {'macro_f1': 0.7}
+    ax=None,            # matplotlib axis (default: a new figure)
+):
+    "Macro-F1 and balanced accuracy (the ensembles' where `t` has them, else the draws' mean) and extrasystole recall against training recordings, on a log2 axis."
+    import matplotlib.pyplot as plt
+    if ax is None: ax = plt.subplots(figsize=(5.5, 3.2))[1]
+    x,src = t['train recordings'],'ensemble' if 'macro_f1 (ensemble)' in t else 'draws'
+    for k,c in (('macro_f1', 'tab:blue'), ('balanced_accuracy', 'tab:green'), ('recall/extrastole', 'tab:red')):
+        if f'{k} ({src})' not in t: continue
+        ax.plot(x, t[f'{k} ({src})'], 'o-', color=c, label=f"{k.replace('_', ' ')} ({src})")
+        if targets and k in targets: ax.axhline(targets[k], color=c, ls='--', lw=0.8)
+    ax.set_xscale('log', base=2); ax.set_xticks(x, [f'{n:.0f}' for n in x]); ax.minorticks_off()
+    ax.set_xlabel('training recordings per fold'); ax.set_ylim(0, 1); ax.legend(fontsize=7, loc='lower right')
+    return ax
 
 # %% ../nbs/11_transfer.ipynb #a570161e
 def noisy_check(
