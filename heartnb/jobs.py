@@ -244,6 +244,21 @@ def fold_train_mask(
     return valid | items.path.isin(keep).to_numpy()
 
 
+# %% ../nbs/06_jobs.ipynb #5131eea3
+def _extra_recordings(
+    data:Path,           # the dataset folder
+    r:dict,              # the recipe (`recipe`)
+    extra_subset:str,    # the subset to add (None: none)
+    df:'pd.DataFrame',   # the recordings being cross-validated
+)->'pd.DataFrame':       # `extra_subset`'s recordings whose label is one of `df`'s, or an empty frame
+    "Extra training recordings for `cv_job`. Raises `HeartnbError` if the subset holds recordings being cross-validated or shares no class with them."
+    if not extra_subset: return df.iloc[:0]
+    ex = index_dataset(data, extra_subset, include_noisy=False, dataset=r['dataset'])
+    if set(ex.path) & set(df.path): raise HeartnbError(f"--extra-subset {extra_subset} holds recordings being cross-validated: name another subset.")
+    ex = ex[ex.label.isin(set(df.label))].reset_index(drop=True)
+    if not len(ex): raise HeartnbError(f"--extra-subset {extra_subset}: none of its recordings has one of the classes {sorted(set(df.label))}.")
+    return ex
+
 # %% ../nbs/06_jobs.ipynb #9a116f62
 @writes('cv')
 @delegates(recipe, but=['split', 'valid_pct'])
@@ -255,6 +270,7 @@ def cv_job(
     tta:int=0,                 # test-time augmentation passes for the held-out test set
     fold_seed:int=None,        # seed of the sample, test set and folds (default: `seed`); set it to train other draws (`seed`) on the same folds
     train_frac:float=None,     # train each fold on this stratified share of its training recordings (`fold_train_mask`; default: all), for a learning curve
+    extra_subset:str=None,     # also train every fold on this subset's recordings of the same classes (PASCAL: 'a' beside set_b), never validated on
     progress:bool=True,        # progress bars
     **kwargs,                  # the recipe's options (`recipe`)
 )->dict:                       # the contents of `cv.json` (None in the other processes of a distributed run)
@@ -273,19 +289,20 @@ def cv_job(
     data = rank0_first(_preflight, r)
     fseed = r['seed'] if fold_seed is None else fold_seed
     train_frac = check_option('train_frac', train_frac)
-    settings = dict(_settings(r, data), k=k, test_pct=test_pct, tta=tta, fold_seed=fold_seed, train_frac=train_frac)   # (an older folder's settings.json lacks fold_seed and train_frac: the same as None)
+    settings = dict(_settings(r, data), k=k, test_pct=test_pct, tta=tta, fold_seed=fold_seed, train_frac=train_frac, extra_subset=extra_subset)   # (an older folder's settings.json lacks the last three: the same as None)
     del settings['valid_pct']
     sfn = out/'settings.json'
     if sfn.exists(): _check_settings(sfn, settings, out)
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write(sfn, lambda t: Path(t).write_text(json.dumps(settings, indent=2)))
     df = stratified_sample(index_dataset(data, r['subset'], include_noisy=r['include_noisy'], dataset=r['dataset']), r['limit'], fseed)
     test = None
     if test_pct: df,test = holdout_split(df, test_pct, split, fseed)
     fold_of = dict(zip(df.path, cv_folds(df, k, split, fseed)))
-    items = prepare_items(df, r, r['png'] or out/'spectrograms', progress)
-    ifold = items.path.map(fold_of).to_numpy()
+    extra = _extra_recordings(data, r, extra_subset, df)      # (bad data is refused before anything is written)
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write(sfn, lambda t: Path(t).write_text(json.dumps(settings, indent=2)))
+    items = prepare_items(pd.concat([df, extra], ignore_index=True), r, r['png'] or out/'spectrograms', progress)
+    ifold = items.path.map(fold_of).fillna(-1).astype(int).to_numpy()    # -1: an extra recording, in every fold's training set
     done = [(out/f'fold{i}'/'metrics.json').exists() and (out/f'fold{i}'/'model.safetensors').exists() for i in range(k)]  # by an earlier, interrupted run
     reports,oof,seconds = [],[],[]
     for i in range(k):
