@@ -227,7 +227,7 @@ def fold_train_mask(
     items:'pd.DataFrame', # the DataLoaders' items (`prepare_items`), with a `path` (recording) and `label` column
     ifold,                # each item's fold, shape (len(items),)
     i:int,                # the fold validated on
-    train_frac:float=None,# share of the other folds' recordings to train on (None or 1: all)
+    train_frac:float=None, # share of the other folds' recordings (and extra ones) to train on (None or 1: all)
     seed:int=42,          # seed of the sample (the fold seed: every draw on these folds trains on the same recordings)
 )->'np.ndarray':          # bool, shape (len(items),): fold `i`'s items and the kept training items
     """The items fold `i`'s model sees: all of fold `i` (validation) and a stratified share `train_frac` of the other

@@ -118,15 +118,13 @@ def learning_curve(
     ensembles:dict=None,  # {share: the `heartnb ensemble` folder (or its stack.json) of that share's draws}, optional
 )->pd.DataFrame:          # one row per share (1.0: all), in order: share, train recordings (per fold, mean), draws, then each metric of the draws (mean of their fold means) and, where given, of their ensemble
     "The scores of one recipe against the number of training recordings, from runs made with `cv_job(train_frac=...)`; runs with no finished fold are left out. Raises `ValueError` if the runs differ in more than `train_frac`, their seeds and where their files are."
-    by = {}
     def chain(rec): return rec and (rec.get('weights'), rec.get('classes'), rec.get('name'), chain(rec.get('started_from')))   # what the weights are, not where
     def same(r): return {**{k: v for k,v in r['settings'].items() if k not in ('train_frac', 'seed', 'fold_seed', 'data', 'weights', 'png')},
                          'pretrained': chain(r['pretrained'])}   # (a folder may have moved since: file names are not compared)
-    for d in draws:
-        if (r := _read_cv(d)) is None: continue
-        if by and (diff := {k for k in {**same(r), **same(first)} if same(r).get(k) != same(first).get(k)}):
+    runs,by = [(d, r) for d in draws if (r := _read_cv(d)) is not None],{}
+    for d,r in runs:
+        if diff := {k for k in {**same(r), **same(runs[0][1])} if same(r).get(k) != same(runs[0][1]).get(k)}:
             raise ValueError(f"{d}: not the same recipe as the first run (it differs in {', '.join(sorted(diff))}): a learning curve varies train_frac alone")
-        if not by: first = r
         by.setdefault(r['settings'].get('train_frac') or 1., []).append(r)
     out = []
     for share,rs in sorted(by.items()):
