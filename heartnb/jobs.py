@@ -18,6 +18,9 @@ from .safety import writes, check_option, check_options, OPTION_RULES
 # %% ../nbs/06_jobs.ipynb #b49136c3
 pd = LazyModule('pandas')  # imported on first use (`heartnb predict` loads this module for its command line, not pandas)
 
+# %% ../nbs/06_jobs.ipynb #6c08bb1f
+np = LazyModule('numpy')   # (the same, for the annotations and `fold_train_mask`)
+
 # %% ../nbs/06_jobs.ipynb #ad4ea422
 def recipe(
     data:str=None,             # dataset folder (default: $HEARTNB_DATA)
@@ -233,7 +236,6 @@ def fold_train_mask(
     """The items fold `i`'s model sees: all of fold `i` (validation) and a stratified share `train_frac` of the other
     folds' *recordings* (`stratified_sample`), for a learning curve. Raises `HeartnbError` if the share keeps fewer
     than one recording per class."""
-    import numpy as np
     ifold,valid = np.asarray(ifold),np.asarray(ifold) == i
     if not train_frac or train_frac >= 1: return np.ones(len(items), bool)
     recs = items[~valid].drop_duplicates('path')
