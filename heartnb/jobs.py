@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated
 from fastcore.meta import delegates
 from .data import HeartnbError, index_dataset, data_path, LazyModule
-from .safety import writes, check_option, check_options, OPTION_RULES
+from .safety import writes, check_options, OPTION_RULES
 
 # %% ../nbs/06_jobs.ipynb #b49136c3
 pd = LazyModule('pandas')  # imported on first use (`heartnb predict` loads this module for its command line, not pandas)
@@ -236,7 +236,7 @@ def fold_train_mask(
     """The items fold `i`'s model sees: all of fold `i` (validation) and a stratified share `train_frac` of the other
     folds' *recordings* (`stratified_sample`), for a learning curve. Raises `HeartnbError` if the share keeps fewer
     than one recording per class."""
-    ifold,valid = np.asarray(ifold),np.asarray(ifold) == i
+    valid = np.asarray(ifold) == i
     if not train_frac or train_frac >= 1: return np.ones(len(items), bool)
     recs = items[~valid].drop_duplicates('path')
     n = round(train_frac*len(recs))
@@ -290,7 +290,8 @@ def cv_job(
     r = dict(recipe(**kwargs), split=split, valid_pct=1/k)
     data = rank0_first(_preflight, r)
     fseed = r['seed'] if fold_seed is None else fold_seed
-    train_frac = check_option('train_frac', train_frac)
+    o = check_options(k=k, test_pct=test_pct, tta=tta, train_frac=train_frac, limit=r['limit'])   # cv's own options, as the command line checks them
+    k,test_pct,tta,train_frac = o['k'],o['test_pct'],o['tta'],o['train_frac']
     settings = dict(_settings(r, data), k=k, test_pct=test_pct, tta=tta, fold_seed=fold_seed, train_frac=train_frac, extra_subset=extra_subset)   # (an older folder's settings.json lacks the last three: the same as None)
     del settings['valid_pct']
     sfn = out/'settings.json'

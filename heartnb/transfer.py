@@ -122,8 +122,10 @@ def learning_curve(
     def same(r): return {**{k: v for k,v in r['settings'].items() if k not in ('train_frac', 'seed', 'fold_seed', 'data', 'weights', 'png')},
                          'pretrained': chain(r['pretrained'])}   # (a folder may have moved since: file names are not compared)
     runs,by = [(d, r) for d in draws if (r := _read_cv(d)) is not None],{}
+    ref = same(runs[0][1]) if runs else {}
     for d,r in runs:
-        if diff := {k for k in {**same(r), **same(runs[0][1])} if same(r).get(k) != same(runs[0][1]).get(k)}:
+        s = same(r)
+        if diff := {k for k in s.keys() | ref.keys() if s.get(k) != ref.get(k)}:
             raise ValueError(f"{d}: not the same recipe as the first run (it differs in {', '.join(sorted(diff))}): a learning curve varies train_frac alone")
         by.setdefault(r['settings'].get('train_frac') or 1., []).append(r)
     out = []
