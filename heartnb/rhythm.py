@@ -15,7 +15,8 @@ from .data import HeartnbError
 __all__ = ['RHYTHM_FEATURES', 'RHYTHM_ROWS', 'STACK_FILE', 'bandpass', 'pcg_envelope', 'detect_sounds', 'heart_period',
            'rhythm_features', 'plot_rhythm', 'rhythm_table', 'fold_scores', 'summarize_scores', 'second_level',
            'stack_cv', 'rhythm_cv_table', 'cv_oof', 'fit_stack', 'stack_probs', 'fit_gate', 'gate_noisy', 'gate_cv',
-           'RhythmStack', 'stack_job', 'load_stack', 'fold_manifests', 'nested_stack_cv']
+           'RhythmStack', 'stack_job', 'load_stack', 'fit_class_bias', 'apply_class_bias', 'bias_cv', 'fold_manifests',
+           'nested_stack_cv']
 
 # %% ../nbs/12_rhythm.ipynb #1817b7c8
 def bandpass(
@@ -493,6 +494,65 @@ def load_stack(
     for r in runs:
         if not r.is_dir(): raise HeartnbError(f"{fn} uses the cross-validation run {r}, which is not there: keep the stack and its `heartnb cv` folders where they were, or run `heartnb stack` (or `heartnb ensemble`) again.")
     return RhythmStack([open_model(r) for r in runs], s.get('params'), s.get('sr', 4000), meta=s)
+
+# %% ../nbs/12_rhythm.ipynb #8f15b63b
+def fit_class_bias(
+    probs,                # class probabilities, shape (n, n_classes)
+    y,                    # true labels, shape (n,)
+    classes:list,         # class names, in the order of `probs`' columns
+    grid=None,            # bias values tried for each class (default: -2 to 2 in steps of 0.1)
+    max_points:int=10**6, # refuse a search with more grid points than this
+)->np.ndarray:            # biases on the log-probabilities, shape (n_classes,); 0 for the most frequent class of `y`
+    """Biases for `apply_class_bias` that maximise macro-F1 on (`probs`, `y`) (threshold moving; post-hoc logit adjustment, Menon et al. 2021, searched rather than set from priors): every grid point for every class but the most frequent, ties to the smallest total |bias|, then the first. Raises `ValueError` for mismatched shapes, labels outside `classes`, or a grid of more than `max_points` points."""
+    import itertools
+    P,y = np.log(np.clip(np.asarray(probs, float), 1e-4, 1)),np.asarray(y)
+    if P.ndim != 2 or P.shape != (len(y), len(classes)):
+        raise ValueError(f"probs has shape {P.shape}, but there are {len(y)} labels and {len(classes)} classes")
+    if bad := sorted(set(map(str, y)) - set(map(str, classes))): raise ValueError(f"labels {bad} are not among the classes {list(classes)}")
+    grid = np.round(np.arange(-2, 2.001, 0.1), 10) if grid is None else np.asarray(grid, float)
+    ref = list(classes).index(pd.Series(y).value_counts().idxmax())
+    free = [c for c in range(len(classes)) if c != ref]
+    if len(grid)**len(free) > max_points:
+        raise ValueError(f"{len(grid)}**{len(free)} grid points is more than max_points={max_points}: use a coarser grid")
+    yi = np.array([list(map(str, classes)).index(str(v)) for v in y])
+    best,bestb = None,None
+    pts = np.array(list(itertools.product(grid, repeat=len(free)))).reshape(-1, len(free))
+    for chunk in np.array_split(pts, max(1, len(pts)//4096)):
+        B = np.zeros((len(chunk), len(classes))); B[:, free] = chunk
+        pred = (P[None] + B[:, None]).argmax(-1)                          # (points, n)
+        f1 = np.zeros(len(chunk))
+        for c in range(len(classes)):
+            tp = ((pred == c) & (yi == c)).sum(1); fp = ((pred == c) & (yi != c)).sum(1); fn = ((pred != c) & (yi == c)).sum(1)
+            f1 += np.where(2*tp + fp + fn > 0, 2*tp/np.maximum(2*tp + fp + fn, 1), 0.)
+        f1,cost = np.round(f1/len(classes), 12),np.round(np.abs(chunk).sum(1), 10)   # rounded, so equal scores tie
+        i = np.lexsort((cost, -f1))[0]                                    # highest macro-F1, then the smallest |bias|, then the first
+        if best is None or (f1[i], -cost[i]) > best: best,bestb = (f1[i], -cost[i]),B[i]
+    return bestb
+
+# %% ../nbs/12_rhythm.ipynb #54160891
+def apply_class_bias(
+    probs,            # class probabilities, shape (n, n_classes)
+    bias,             # from `fit_class_bias`, shape (n_classes,)
+    classes:list,     # class names, in the order of the columns
+)->np.ndarray:        # the answers, class names, shape (n,)
+    "The arg-max of log-probabilities (clipped at 1e-4, as `fit_class_bias`) plus `bias`: with zero biases, the arg-max of `probs`."
+    return np.asarray(classes, dtype=object)[(np.log(np.clip(np.asarray(probs, float), 1e-4, 1)) + np.asarray(bias, float)).argmax(1)]
+
+# %% ../nbs/12_rhythm.ipynb #c86db1d5
+def bias_cv(
+    df:pd.DataFrame,     # out-of-fold table (`cv_oof`): label, fold, one probability column per class
+    classes:list=None,   # class names (default: its probability columns, `_oof_classes`)
+    grid=None,           # as `fit_class_bias`
+)->tuple:                # (list of `fold_scores`, one per fold in fold order; answers, a Series on df's index; {fold: biases})
+    "Threshold moving scored on `df`'s own folds: fold *k* answered by `apply_class_bias` with biases that `fit_class_bias` chose on the other folds' rows."
+    classes = classes or _oof_classes(df)
+    pred,scores,biases = pd.Series('', index=df.index, dtype=object),[],{}
+    for k in sorted(df.fold.unique()):
+        tr,va = df.fold != k,df.fold == k
+        biases[k] = fit_class_bias(df.loc[tr, classes], df.label[tr], classes, grid)
+        pred[va] = apply_class_bias(df.loc[va, classes], biases[k], classes)
+        scores.append(fold_scores(df.label[va], pred[va], classes))
+    return scores, pred, biases
 
 # %% ../nbs/12_rhythm.ipynb #10dc886f
 def fold_manifests(
