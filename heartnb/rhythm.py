@@ -505,16 +505,16 @@ def fit_class_bias(
 )->np.ndarray:            # biases on the log-probabilities, shape (n_classes,); 0 for the most frequent class of `y`
     """Biases for `apply_class_bias` that maximise macro-F1 on (`probs`, `y`) (threshold moving; post-hoc logit adjustment, Menon et al. 2021, searched rather than set from priors): every grid point for every class but the most frequent, ties to the smallest total |bias|, then the first. Raises `ValueError` for mismatched shapes, labels outside `classes`, or a grid of more than `max_points` points."""
     import itertools
-    P,y = np.log(np.clip(np.asarray(probs, float), 1e-4, 1)),np.asarray(y)
-    if P.ndim != 2 or P.shape != (len(y), len(classes)):
-        raise ValueError(f"probs has shape {P.shape}, but there are {len(y)} labels and {len(classes)} classes")
-    if bad := sorted(set(map(str, y)) - set(map(str, classes))): raise ValueError(f"labels {bad} are not among the classes {list(classes)}")
+    P,y,cls = np.log(np.clip(np.asarray(probs, float), 1e-4, 1)),np.asarray(y).astype(str),list(map(str, classes))
+    if P.ndim != 2 or P.shape != (len(y), len(cls)):
+        raise ValueError(f"probs has shape {P.shape}, but there are {len(y)} labels and {len(cls)} classes")
+    if bad := sorted(set(y.tolist()) - set(cls)): raise ValueError(f"labels {bad} are not among the classes {cls}")
     grid = np.round(np.arange(-2, 2.001, 0.1), 10) if grid is None else np.asarray(grid, float)
-    ref = list(classes).index(pd.Series(y).value_counts().idxmax())
+    ref = cls.index(pd.Series(y).value_counts().idxmax())
     free = [c for c in range(len(classes)) if c != ref]
     if len(grid)**len(free) > max_points:
         raise ValueError(f"{len(grid)}**{len(free)} grid points is more than max_points={max_points}: use a coarser grid")
-    yi = np.array([list(map(str, classes)).index(str(v)) for v in y])
+    yi = np.array([cls.index(v) for v in y])
     best,bestb = None,None
     pts = np.array(list(itertools.product(grid, repeat=len(free)))).reshape(-1, len(free))
     for chunk in np.array_split(pts, max(1, len(pts)//4096)):
