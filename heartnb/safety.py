@@ -194,6 +194,7 @@ OPTION_RULES = dict(
     k=(int, 2, 100, False, False, 'number of folds'),
     tta=(int, 0, 64, False, False, 'test-time augmentation passes'),
     train_frac=(float, 0, 1, True, False, "share of each fold's training recordings"),
+    pseudo_min=(float, 0, 1, False, False, 'probability'),
     png_level=(int, 0, 9, False, False, 'zlib level'),
     channels=(int, 1, 3, False, False, 'input channels'),
 )
