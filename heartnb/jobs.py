@@ -345,7 +345,8 @@ def cv_job(
         pool = index_dataset(data, r['subset'], include_unlabelled=True, dataset=r['dataset'])
         pool = pool[pool.label == ''].reset_index(drop=True)
         if not len(pool): raise HeartnbError(f"--pseudo: {data} has no unlabelled recordings in --subset {r['subset']} to label.")
-        pl = pseudo_labels(pseudo, pool, df, fold_of, pseudo_min)
+        if sfn.exists() and (out/'pseudo.csv').exists(): pl = pd.read_csv(out/'pseudo.csv', dtype={'patient': str})   # a resumed run: the same settings, the same labels
+        else: pl = pseudo_labels(pseudo, pool, df, fold_of, pseudo_min)
         pool = pool[pool.path.isin(set(pl.path))]
     if main:
         out.mkdir(parents=True, exist_ok=True)

@@ -505,7 +505,8 @@ def fit_class_bias(
 )->np.ndarray:            # biases on the log-probabilities, shape (n_classes,); 0 for the most frequent class of `y`
     """Biases for `apply_class_bias` that maximise macro-F1 on (`probs`, `y`) (threshold moving; post-hoc logit adjustment, Menon et al. 2021, searched rather than set from priors): every grid point for every class but the most frequent, ties to the smallest total |bias|, then the first. Raises `ValueError` for mismatched shapes, labels outside `classes`, or a grid of more than `max_points` points."""
     import itertools
-    P,y,cls = np.log(np.clip(np.asarray(probs, float), 1e-4, 1)),np.asarray(y).astype(str),list(map(str, classes))
+    y,cls = np.asarray(y).astype(str),list(map(str, classes))
+    P = _stack_inputs(probs, np.zeros((len(probs), 0)))              # log-probabilities, clipped as the stack's
     if P.ndim != 2 or P.shape != (len(y), len(cls)):
         raise ValueError(f"probs has shape {P.shape}, but there are {len(y)} labels and {len(cls)} classes")
     if bad := sorted(set(y.tolist()) - set(cls)): raise ValueError(f"labels {bad} are not among the classes {cls}")
@@ -535,8 +536,8 @@ def apply_class_bias(
     bias,             # from `fit_class_bias`, shape (n_classes,)
     classes:list,     # class names, in the order of the columns
 )->np.ndarray:        # the answers, class names, shape (n,)
-    "The arg-max of log-probabilities (clipped at 1e-4, as `fit_class_bias`) plus `bias`: with zero biases, the arg-max of `probs`."
-    return np.asarray(classes, dtype=object)[(np.log(np.clip(np.asarray(probs, float), 1e-4, 1)) + np.asarray(bias, float)).argmax(1)]
+    "The arg-max of log-probabilities (clipped at 1e-4, `_stack_inputs`, as `fit_class_bias`) plus `bias`: with zero biases, the arg-max of `probs`."
+    return np.asarray(classes, dtype=object)[(_stack_inputs(probs, np.zeros((len(probs), 0))) + np.asarray(bias, float)).argmax(1)]
 
 # %% ../nbs/12_rhythm.ipynb #c86db1d5
 def bias_cv(
